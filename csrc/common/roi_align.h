@@ -1,0 +1,260 @@
+// RoIAlign per-element math, shared by the CPU and CUDA kernels. Torch-free.
+//
+// Geometry and bilinear rules are torchvision's (SPEC §1), written once here:
+//  * the box geometry is computed in G (the input dtype for float/double, float for
+//    half types), in exactly torchvision's order of operations;
+//  * a sample's contribution is separable, w = w_y * w_x, so the per-axis rules live in
+//    RoIAxis and a sample at (y, x) is two 1-D interpolations;
+//  * samples are visited only where they can be inside [-1, size] (exact: positions are
+//    monotone in the sample index), which bounds the work of huge boxes by the image.
+#pragma once
+
+#include <cmath>
+
+#include "macros.h"
+
+namespace segops {
+
+// One axis of a bilinear sample: the two neighbouring pixels and their weights.
+template <typename G>
+struct Interp1D {
+  int64_t lo, hi;
+  G wlo, whi;
+  bool valid;
+
+  // Weight this sample puts on pixel `p` along this axis (0 if it does not touch it).
+  SEGOPS_HOST_DEVICE G weight_at(int64_t p) const {
+    return (lo == p ? wlo : G(0)) + (hi == p ? whi : G(0));
+  }
+};
+
+// The sampling grid of one RoI along one axis.
+template <typename G>
+struct RoIAxis {
+  G start;         // scaled, offset start of the RoI
+  G bin;           // bin size
+  int64_t grid;    // samples per bin
+  int64_t pooled;  // number of bins
+  int64_t size;    // feature-map size along this axis (>= 1)
+  int64_t first;   // samples [first, last) may lie in [-1, size]
+  int64_t last;
+
+  SEGOPS_HOST_DEVICE int64_t samples() const { return pooled * grid; }
+
+  // Position of sample i of bin p, in torchvision's order of operations.
+  SEGOPS_HOST_DEVICE G pos(int64_t p, int64_t i) const {
+    return start + static_cast<G>(p) * bin +
+           static_cast<G>(static_cast<float>(i) + 0.5f) * bin / static_cast<G>(grid);
+  }
+  SEGOPS_HOST_DEVICE G pos(int64_t s) const { return pos(s / grid, s % grid); }
+
+  // torchvision's bilinear rule along one axis. NaN takes the invalid branch.
+  SEGOPS_HOST_DEVICE Interp1D<G> interp(G v) const {
+    Interp1D<G> r;
+    r.valid = v >= G(-1) && v <= static_cast<G>(size);
+    if (!r.valid) {
+      r.lo = r.hi = 0;
+      r.wlo = r.whi = G(0);
+      return r;
+    }
+    if (v <= G(0)) v = G(0);
+    r.lo = static_cast<int64_t>(v);
+    if (r.lo >= size - 1) {
+      r.lo = r.hi = size - 1;
+      v = static_cast<G>(r.lo);
+    } else {
+      r.hi = r.lo + 1;
+    }
+    G l = v - static_cast<G>(r.lo);
+    r.whi = l;
+    r.wlo = G(1) - l;
+    return r;
+  }
+
+  // First sample index s with pos(s) >= v (or > v when `strict`). Positions are
+  // non-decreasing in s, so the estimate is corrected to the exact answer.
+  SEGOPS_HOST_DEVICE int64_t bound(G v, bool strict) const {
+    const int64_t n = samples();
+    if (n == 0) return 0;
+    int64_t s = 0;
+    const G step = bin / static_cast<G>(grid);
+    if (step > G(0) && is_finite(step)) {
+      const G e = (v - start) / step - G(0.5);
+      s = !(e > G(0)) ? 0 : (e >= static_cast<G>(n) ? n : static_cast<int64_t>(e));
+    }
+    auto before = [&](int64_t k) { return strict ? pos(k) <= v : pos(k) < v; };
+    while (s > 0 && !before(s - 1)) --s;
+    while (s < n && before(s)) ++s;
+    return s;
+  }
+
+  // Samples [b, e) that can put weight on pixel p (a superset checked by weight_at).
+  SEGOPS_HOST_DEVICE void touching(int64_t p, int64_t& b, int64_t& e) const {
+    const G lo = p == 0 ? G(-1) : static_cast<G>(p - 1);
+    const G hi = p == size - 1 ? static_cast<G>(size) : static_cast<G>(p + 1);
+    b = max_(bound(lo, false), first);
+    e = min_(bound(hi, true), last);
+  }
+
+  // Pixels [b, e) that valid samples can touch.
+  SEGOPS_HOST_DEVICE void footprint(int64_t& b, int64_t& e) const {
+    if (first >= last) {
+      b = e = 0;
+      return;
+    }
+    b = interp(pos(first)).lo;
+    e = interp(pos(last - 1)).hi + 1;
+  }
+};
+
+template <typename G>
+struct RoIAlignGeometry {
+  RoIAxis<G> y, x;
+  int64_t batch;
+  G count;     // divisor: max(grid_h * grid_w, 1)
+  bool empty;  // non-finite box, or a batch index outside [0, N): contributes nothing
+};
+
+namespace detail {
+
+template <typename G>
+SEGOPS_HOST_DEVICE int64_t grid_size(G roi_size, int64_t pooled, int64_t sampling_ratio) {
+  if (sampling_ratio > 0) return sampling_ratio;
+  G g = ceil_(roi_size / static_cast<G>(pooled));
+  // A negative (aligned, inverted) box samples nothing; an absurdly large one is capped,
+  // which only matters for boxes whose samples are already restricted to the image.
+  if (!(g > G(0))) return 0;
+  return g > G(1 << 30) ? int64_t(1) << 30 : static_cast<int64_t>(g);
+}
+
+template <typename G>
+SEGOPS_HOST_DEVICE RoIAxis<G> make_axis(G start, G end, int64_t pooled, int64_t sampling_ratio,
+                                        bool aligned, int64_t size) {
+  RoIAxis<G> a;
+  G len = end - start;
+  if (!aligned) len = max_(len, G(1));
+  a.start = start;
+  a.bin = len / static_cast<G>(pooled);
+  a.grid = grid_size(len, pooled, sampling_ratio);
+  a.pooled = pooled;
+  a.size = size;
+  a.first = 0;
+  a.last = a.samples();
+  a.first = a.bound(G(-1), false);
+  a.last = max_(a.bound(static_cast<G>(size), true), a.first);
+  return a;
+}
+
+}  // namespace detail
+
+// Geometry of RoI `roi` = (batch_index, x1, y1, x2, y2), as torchvision computes it.
+template <typename G, typename R>
+SEGOPS_HOST_DEVICE RoIAlignGeometry<G> roi_align_geometry(const R* roi, G spatial_scale,
+                                                          int64_t pooled_h, int64_t pooled_w,
+                                                          int64_t sampling_ratio, bool aligned,
+                                                          int64_t batch_size, int64_t height,
+                                                          int64_t width) {
+  RoIAlignGeometry<G> g;
+  const G offset = aligned ? G(0.5) : G(0);
+  const G b = static_cast<G>(roi[0]);
+  const G x1 = static_cast<G>(roi[1]) * spatial_scale - offset;
+  const G y1 = static_cast<G>(roi[2]) * spatial_scale - offset;
+  const G x2 = static_cast<G>(roi[3]) * spatial_scale - offset;
+  const G y2 = static_cast<G>(roi[4]) * spatial_scale - offset;
+  g.batch = b >= G(0) && b < static_cast<G>(batch_size) ? static_cast<int64_t>(b) : -1;
+  g.empty = g.batch < 0 || !is_finite(x1) || !is_finite(y1) || !is_finite(x2) ||
+            !is_finite(y2) || height <= 0 || width <= 0;
+  if (g.empty) {  // an axis with no samples
+    g.y = detail::make_axis(G(0), G(0), pooled_h, 0, true, 1);
+    g.x = detail::make_axis(G(0), G(0), pooled_w, 0, true, 1);
+    g.count = G(1);
+    return g;
+  }
+  g.y = detail::make_axis(y1, y2, pooled_h, sampling_ratio, aligned, height);
+  g.x = detail::make_axis(x1, x2, pooled_w, sampling_ratio, aligned, width);
+  g.count = static_cast<G>(max_(g.y.grid * g.x.grid, int64_t(1)));
+  return g;
+}
+
+// Forward: the value of output bin (ph, pw) of one RoI over one input plane [H, W].
+template <typename T, typename G, typename A = acc_t<T>>
+SEGOPS_HOST_DEVICE A roi_align_bin(const T* plane, const RoIAlignGeometry<G>& g, int64_t ph,
+                                   int64_t pw) {
+  A acc = A(0);
+  if (g.empty) return acc;
+  const int64_t W = g.x.size;
+  const int64_t iy0 = max_(ph * g.y.grid, g.y.first), iy1 = min_((ph + 1) * g.y.grid, g.y.last);
+  const int64_t ix0 = max_(pw * g.x.grid, g.x.first), ix1 = min_((pw + 1) * g.x.grid, g.x.last);
+  for (int64_t sy = iy0; sy < iy1; ++sy) {
+    const Interp1D<G> a = g.y.interp(g.y.pos(ph, sy - ph * g.y.grid));
+    if (!a.valid) continue;
+    for (int64_t sx = ix0; sx < ix1; ++sx) {
+      const Interp1D<G> c = g.x.interp(g.x.pos(pw, sx - pw * g.x.grid));
+      if (!c.valid) continue;
+      const G w1 = a.wlo * c.wlo, w2 = a.wlo * c.whi, w3 = a.whi * c.wlo, w4 = a.whi * c.whi;
+      acc += w1 * static_cast<A>(plane[a.lo * W + c.lo]) +
+             w2 * static_cast<A>(plane[a.lo * W + c.hi]) +
+             w3 * static_cast<A>(plane[a.hi * W + c.lo]) +
+             w4 * static_cast<A>(plane[a.hi * W + c.hi]);
+    }
+  }
+  return acc / static_cast<A>(g.count);
+}
+
+// Scatter form of the backward for one output bin: calls add(pixel_offset, value) for the
+// four neighbours of every sample, in torchvision's order. Used by the CPU kernel and the
+// atomic CUDA kernel.
+template <typename G, typename A, typename Add>
+SEGOPS_HOST_DEVICE void roi_align_bin_scatter(const RoIAlignGeometry<G>& g, int64_t ph,
+                                              int64_t pw, A grad, Add&& add) {
+  if (g.empty) return;
+  const int64_t W = g.x.size;
+  const int64_t iy0 = max_(ph * g.y.grid, g.y.first), iy1 = min_((ph + 1) * g.y.grid, g.y.last);
+  const int64_t ix0 = max_(pw * g.x.grid, g.x.first), ix1 = min_((pw + 1) * g.x.grid, g.x.last);
+  for (int64_t sy = iy0; sy < iy1; ++sy) {
+    const Interp1D<G> a = g.y.interp(g.y.pos(ph, sy - ph * g.y.grid));
+    if (!a.valid) continue;
+    for (int64_t sx = ix0; sx < ix1; ++sx) {
+      const Interp1D<G> c = g.x.interp(g.x.pos(pw, sx - pw * g.x.grid));
+      if (!c.valid) continue;
+      const A count = static_cast<A>(g.count);
+      add(a.lo * W + c.lo, grad * static_cast<A>(a.wlo * c.wlo) / count);
+      add(a.lo * W + c.hi, grad * static_cast<A>(a.wlo * c.whi) / count);
+      add(a.hi * W + c.lo, grad * static_cast<A>(a.whi * c.wlo) / count);
+      add(a.hi * W + c.hi, grad * static_cast<A>(a.whi * c.whi) / count);
+    }
+  }
+}
+
+// Gather form of the backward: the gradient one RoI sends to pixel (py, px), given that
+// RoI's output gradient for one channel, grad[pooled_h * pooled_w]. Summation order is
+// fixed (samples in raster order), so a caller that visits RoIs in index order is
+// deterministic. Used by the deterministic CUDA kernel and the CPU kernel in
+// deterministic mode, which therefore agree bit for bit.
+template <typename T, typename G, typename A = acc_t<T>>
+SEGOPS_HOST_DEVICE A roi_align_grad_at(const T* grad, const RoIAlignGeometry<G>& g, int64_t py,
+                                       int64_t px) {
+  A acc = A(0);
+  if (g.empty) return acc;
+  int64_t sy0, sy1, sx0, sx1;
+  g.y.touching(py, sy0, sy1);
+  if (sy0 >= sy1) return acc;
+  g.x.touching(px, sx0, sx1);
+  const A count = static_cast<A>(g.count);
+  for (int64_t sy = sy0; sy < sy1; ++sy) {
+    const Interp1D<G> a = g.y.interp(g.y.pos(sy));
+    const G wy = a.weight_at(py);
+    if (!a.valid || wy == G(0)) continue;
+    const int64_t ph = sy / g.y.grid;
+    for (int64_t sx = sx0; sx < sx1; ++sx) {
+      const Interp1D<G> c = g.x.interp(g.x.pos(sx));
+      const G wx = c.weight_at(px);
+      if (!c.valid || wx == G(0)) continue;
+      const int64_t pw = sx / g.x.grid;
+      acc += static_cast<A>(grad[ph * g.x.pooled + pw]) * static_cast<A>(wy * wx) / count;
+    }
+  }
+  return acc;
+}
+
+}  // namespace segops

@@ -1,0 +1,43 @@
+// The Python extension module segops._C: build facts only. Ops are reached through
+// torch.ops.segops, registered when this library is loaded.
+#include <Python.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#ifdef SEGOPS_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+#ifndef SEGOPS_CUDA_ARCHS
+#define SEGOPS_CUDA_ARCHS ""
+#endif
+
+namespace {
+
+bool with_cuda() {
+#ifdef SEGOPS_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+// The CUDA runtime version segops was compiled against, e.g. "13.0"; "" without CUDA.
+std::string cuda_version() {
+#ifdef SEGOPS_WITH_CUDA
+  return std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10);
+#else
+  return "";
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "segops compiled kernels; ops live in torch.ops.segops";
+  m.def("with_cuda", &with_cuda, "True when the CUDA kernels were compiled in.");
+  m.def("cuda_version", &cuda_version, "CUDA runtime version compiled against, or ''.");
+  m.def("cuda_arch_list", [] { return std::string(SEGOPS_CUDA_ARCHS); },
+        "The TORCH_CUDA_ARCH_LIST the CUDA kernels were compiled for, or ''.");
+}

@@ -1,0 +1,1 @@
+"""Thin model definitions built on segops ops, importable as `segops.models`."""

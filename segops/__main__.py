@@ -1,0 +1,39 @@
+"""`python -m segops`: the build facts and which ops have CPU and CUDA kernels."""
+
+import torch
+
+import segops
+from segops import _C
+
+
+def op_table() -> list[tuple[str, bool, bool]]:
+    names = sorted(
+        n for n in dir(torch.ops.segops) if not n.startswith("__") and n not in ("name",)
+    )
+    rows = []
+    for n in names:
+        qual = f"segops::{n}"
+        try:
+            has = torch._C._dispatch_has_kernel_for_dispatch_key
+            rows.append((n, has(qual, "CPU"), has(qual, "CUDA")))
+        except RuntimeError:
+            continue
+    return rows
+
+
+def main() -> None:
+    print(f"segops {segops.__version__}")
+    print(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
+    if _C.with_cuda():
+        print(f"segops CUDA: yes, CUDA {_C.cuda_version()}, archs {_C.cuda_arch_list()}")
+    else:
+        print("segops CUDA: no (CPU-only build)")
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible"
+    print(f"GPU: {gpu}")
+    print(f"{'op':<24} CPU  CUDA")
+    for name, cpu, cuda in op_table():
+        print(f"{name:<24} {'yes' if cpu else 'no ':<4} {'yes' if cuda else 'no'}")
+
+
+if __name__ == "__main__":
+    main()

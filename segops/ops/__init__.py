@@ -1,0 +1,1 @@
+"""User-facing op wrappers, one module per family (see DESIGN.md)."""

@@ -1,0 +1,72 @@
+"""Helpers shared by the per-family op modules: argument validation and autocast."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+_HALF = (torch.float16, torch.bfloat16)
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+# Library handle for the Python-side registrations (autocast) of every family.
+_lib = torch.library.Library("segops", "IMPL")
+
+
+def check_tensor(t: object, op: str, name: str) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{op}: `{name}` must be a Tensor, got {type(t).__name__}")
+    return t
+
+
+def check_float(t: Tensor, op: str, name: str) -> None:
+    if t.dtype not in _FLOATS:
+        raise TypeError(
+            f"{op}: `{name}` must be float32, float64, float16 or bfloat16, got {t.dtype}"
+        )
+
+
+def pair(value: int | Sequence[int], op: str, name: str) -> tuple[int, int]:
+    """An `int` or a pair of ints, each >= 0."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise TypeError(f"{op}: `{name}` must be an int or a pair of ints, got {value!r}")
+    if value[0] < 0 or value[1] < 0:
+        raise ValueError(f"{op}: `{name}` must be >= 0, got {tuple(value)}")
+    return int(value[0]), int(value[1])
+
+
+def register_autocast(name: str, *, float_args: Sequence[int]) -> None:
+    """Autocast as torchvision does it: run in float32, return the input's dtype.
+
+    Half-precision tensors among the positional arguments `float_args` are cast to
+    float32; floating outputs are cast back to the dtype of the first argument.
+    (`torch.library.register_autocast` would leave the outputs in float32.)
+    """
+    op = getattr(torch.ops.segops, name).default
+    for device, key in (("cpu", "AutocastCPU"), ("cuda", "AutocastCUDA")):
+
+        def impl(*args, _key=key):
+            out_dtype = args[0].dtype
+            args = list(args)
+            for i in float_args:
+                if args[i].dtype in _HALF:
+                    args[i] = args[i].float()
+            with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_key)):
+                out = op(*args)
+            if isinstance(out, tuple):
+                return tuple(o.to(out_dtype) if o.is_floating_point() else o for o in out)
+            return out.to(out_dtype)
+
+        _lib.impl(name, impl, key)
+
+
+def fake(name: str) -> Callable:
+    """Decorator: register a fake (meta) implementation for torch.ops.segops.<name>."""
+    return torch.library.register_fake(f"segops::{name}")

@@ -1,0 +1,72 @@
+"""Builds segops._C: C++ always; CUDA too when torch has CUDA and a toolkit is found.
+
+Environment:
+  SEGOPS_DISABLE_CUDA=1   CPU-only build even with a CUDA torch.
+  CUDA_HOME               the toolkit (must contain include/cuda_runtime_api.h).
+  TORCH_CUDA_ARCH_LIST    GPU archs; defaults to the visible GPU, else DEFAULT_ARCHS.
+  MAX_JOBS                parallel compile jobs (ninja).
+"""
+
+import glob
+import os
+
+from setuptools import setup
+
+import torch
+from torch.utils import cpp_extension
+
+DEFAULT_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def want_cuda() -> bool:
+    if os.environ.get("SEGOPS_DISABLE_CUDA", "0") not in ("", "0"):
+        return False
+    if torch.version.cuda is None:
+        return False
+    home = cpp_extension.CUDA_HOME
+    if home is None:
+        print("segops: torch has CUDA but no CUDA toolkit was found; building CPU only")
+        return False
+    if not os.path.exists(os.path.join(home, "include", "cuda_runtime_api.h")):
+        raise RuntimeError(
+            f"segops: CUDA_HOME={home} has no include/cuda_runtime_api.h. If `nvcc` on PATH "
+            "is a wrapper script, point CUDA_HOME at the real toolkit, e.g. "
+            "`export CUDA_HOME=/usr/local/cuda`, or set SEGOPS_DISABLE_CUDA=1."
+        )
+    return True
+
+
+def extension():
+    rel = lambda pattern: sorted(  # noqa: E731
+        os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern))
+    )
+    sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
+    cxx = ["-O3", "-g0"]
+    # No -std here: torch's own flags pick it (C++17 for torch 2.11, C++20 for 2.13).
+    if not want_cuda():
+        return cpp_extension.CppExtension(
+            "segops._C", sources, extra_compile_args={"cxx": cxx}
+        )
+    if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or ";".join(
+        "%d.%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())
+    )
+    defines = ["-DSEGOPS_WITH_CUDA", f'-DSEGOPS_CUDA_ARCHS="{archs}"']
+    # --fmad=false: the shared geometry (box corners, bins, sample positions) must round
+    # exactly as on the CPU, or CUDA and CPU could disagree on a sample count.
+    nvcc = ["-O3", "--fmad=false", "--expt-relaxed-constexpr"] + defines
+    return cpp_extension.CUDAExtension(
+        "segops._C",
+        sources + rel("csrc/cuda/*.cpp") + rel("csrc/cuda/*.cu"),
+        extra_compile_args={"cxx": cxx + defines, "nvcc": nvcc},
+    )
+
+
+setup(
+    packages=["segops", "segops.ops", "segops.reference", "segops.models"],
+    package_dir={"segops": "segops", "segops.models": "models"},
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)
