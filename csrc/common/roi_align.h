@@ -201,6 +201,12 @@ SEGOPS_HOST_DEVICE A roi_align_bin(const T* plane, const RoIAlignGeometry<G>& g,
   return acc / static_cast<A>(g.count);
 }
 
+// One sample's share of an output gradient, as torchvision computes it: grad * w / count.
+template <typename A, typename G>
+SEGOPS_HOST_DEVICE A roi_align_grad_term(A grad, G w, G count) {
+  return grad * static_cast<A>(w) / static_cast<A>(count);
+}
+
 // Scatter form of the backward for one output bin: calls add(pixel_offset, value) for the
 // four neighbours of every sample, in torchvision's order. Used by the CPU kernel and the
 // atomic CUDA kernel.
@@ -217,43 +223,49 @@ SEGOPS_HOST_DEVICE void roi_align_bin_scatter(const RoIAlignGeometry<G>& g, int6
     for (int64_t sx = ix0; sx < ix1; ++sx) {
       const Interp1D<G> c = g.x.interp(g.x.pos(pw, sx - pw * g.x.grid));
       if (!c.valid) continue;
-      const A count = static_cast<A>(g.count);
-      add(a.lo * W + c.lo, grad * static_cast<A>(a.wlo * c.wlo) / count);
-      add(a.lo * W + c.hi, grad * static_cast<A>(a.wlo * c.whi) / count);
-      add(a.hi * W + c.lo, grad * static_cast<A>(a.whi * c.wlo) / count);
-      add(a.hi * W + c.hi, grad * static_cast<A>(a.whi * c.whi) / count);
+      add(a.lo * W + c.lo, roi_align_grad_term(grad, a.wlo * c.wlo, g.count));
+      add(a.lo * W + c.hi, roi_align_grad_term(grad, a.wlo * c.whi, g.count));
+      add(a.hi * W + c.lo, roi_align_grad_term(grad, a.whi * c.wlo, g.count));
+      add(a.hi * W + c.hi, roi_align_grad_term(grad, a.whi * c.whi, g.count));
     }
   }
 }
 
-// Gather form of the backward: the gradient one RoI sends to pixel (py, px), given that
-// RoI's output gradient for one channel, grad[pooled_h * pooled_w]. Summation order is
-// fixed (samples in raster order), so a caller that visits RoIs in index order is
-// deterministic. Used by the deterministic CUDA kernel and the CPU kernel in
-// deterministic mode, which therefore agree bit for bit.
-template <typename T, typename G, typename A = acc_t<T>>
-SEGOPS_HOST_DEVICE A roi_align_grad_at(const T* grad, const RoIAlignGeometry<G>& g, int64_t py,
-                                       int64_t px) {
-  A acc = A(0);
-  if (g.empty) return acc;
+// Gather form of the backward: calls fn(bin, w) for every sample of the RoI that puts
+// weight w = w_y * w_x on pixel (py, px), `bin` = ph * pooled_w + pw, in a fixed order
+// (samples in raster order). A caller that visits RoIs in index order is deterministic.
+template <typename G, typename Fn>
+SEGOPS_HOST_DEVICE void roi_align_pixel_weights(const RoIAlignGeometry<G>& g, int64_t py,
+                                                int64_t px, Fn&& fn) {
+  if (g.empty) return;
   int64_t sy0, sy1, sx0, sx1;
   g.y.touching(py, sy0, sy1);
-  if (sy0 >= sy1) return acc;
+  if (sy0 >= sy1) return;
   g.x.touching(px, sx0, sx1);
-  const A count = static_cast<A>(g.count);
   for (int64_t sy = sy0; sy < sy1; ++sy) {
     const Interp1D<G> a = g.y.interp(g.y.pos(sy));
     const G wy = a.weight_at(py);
     if (!a.valid || wy == G(0)) continue;
-    const int64_t ph = sy / g.y.grid;
+    const int64_t row = sy / g.y.grid * g.x.pooled;
     for (int64_t sx = sx0; sx < sx1; ++sx) {
       const Interp1D<G> c = g.x.interp(g.x.pos(sx));
       const G wx = c.weight_at(px);
       if (!c.valid || wx == G(0)) continue;
-      const int64_t pw = sx / g.x.grid;
-      acc += static_cast<A>(grad[ph * g.x.pooled + pw]) * static_cast<A>(wy * wx) / count;
+      fn(row + sx / g.x.grid, wy * wx);
     }
   }
+}
+
+// The gradient one RoI sends to pixel (py, px) of one channel, given that RoI's output
+// gradient grad[pooled_h * pooled_w] for the channel. The CPU kernel (deterministic mode)
+// and the deterministic CUDA kernel both sum exactly this, so they agree bit for bit.
+template <typename T, typename G, typename A = acc_t<T>>
+SEGOPS_HOST_DEVICE A roi_align_grad_at(const T* grad, const RoIAlignGeometry<G>& g, int64_t py,
+                                       int64_t px) {
+  A acc = A(0);
+  roi_align_pixel_weights(g, py, px, [&](int64_t bin, G w) {
+    acc += roi_align_grad_term(static_cast<A>(grad[bin]), w, g.count);
+  });
   return acc;
 }
 

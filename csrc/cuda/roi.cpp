@@ -1,0 +1,161 @@
+// RoI family, CUDA glue: checks, allocation, stream, launch (kernels in roi_kernel.cu).
+#include <ATen/Context.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "glue.h"
+#include "roi.h"
+
+namespace segops {
+namespace {
+
+cuda::RoIArgs roi_args(int64_t n, int64_t c, int64_t h, int64_t w, const at::Tensor& rois,
+                       int64_t ph, int64_t pw, double scale, int64_t sr = 0,
+                       bool aligned = false) {
+  return cuda::RoIArgs{n, c, h, w, rois.size(0), ph, pw, scale, sr, aligned};
+}
+
+// Batch indices are validated with one read back, except while a CUDA graph is being
+// captured (no host sync is allowed there; kernels then treat bad indices as empty RoIs).
+void check_batch_indices_cuda(const at::Tensor& rois, int64_t batch_size, const char* op) {
+  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None)
+    check_batch_indices(rois, batch_size, op);
+}
+
+at::Tensor scratch(const at::Tensor& like, int64_t bytes) {
+  return at::empty({std::max<int64_t>(bytes, 1)}, like.options().dtype(at::kByte));
+}
+
+at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& rois,
+                                  double spatial_scale, int64_t pooled_h, int64_t pooled_w,
+                                  int64_t sampling_ratio, bool aligned) {
+  check_roi_forward("roi_align", input, rois, spatial_scale, pooled_h, pooled_w);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  check_batch_indices_cuda(rois, N, "roi_align");
+  at::Tensor out = at::zeros({rois.size(0), C, pooled_h, pooled_w}, input.options());
+  if (out.numel() == 0 || H == 0 || W == 0) return out;
+  const at::Tensor x = input.contiguous();
+  const at::Tensor r = rois_for_geometry(rois, input.scalar_type());
+  const auto a = roi_args(N, C, H, W, r, pooled_h, pooled_w, spatial_scale, sampling_ratio,
+                          aligned);
+  const cuda::Dtype dt = cuda_dtype(x);
+  at::Tensor s = scratch(x, cuda::roi_align_scratch_bytes(dt, a.rois));
+  C10_CUDA_CHECK(cuda::roi_align_forward(dt, a, x.const_data_ptr(), r.const_data_ptr(),
+                                         s.mutable_data_ptr(), out.mutable_data_ptr(),
+                                         c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
+at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& rois,
+                                   double spatial_scale, int64_t pooled_h, int64_t pooled_w,
+                                   int64_t batch_size, int64_t channels, int64_t height,
+                                   int64_t width, int64_t sampling_ratio, bool aligned) {
+  check_roi_backward("_roi_align_backward", grad, rois, spatial_scale, pooled_h, pooled_w,
+                     batch_size, channels, height, width);
+  const c10::cuda::CUDAGuard guard(grad.device());
+  check_batch_indices_cuda(rois, batch_size, "_roi_align_backward");
+  const int64_t K = rois.size(0);
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  const bool empty = K == 0 || batch_size * channels * height * width == 0 ||
+                     pooled_h * pooled_w == 0;
+  if (empty) return at::zeros({batch_size, channels, height, width}, grad.options());
+  const at::Tensor g = grad.contiguous();
+  const at::Tensor r = rois_for_geometry(rois, grad.scalar_type());
+  const auto a = roi_args(batch_size, channels, height, width, r, pooled_h, pooled_w,
+                          spatial_scale, sampling_ratio, aligned);
+  const cuda::Dtype dt = cuda_dtype(g);
+  at::Tensor s = scratch(g, cuda::roi_align_scratch_bytes(dt, K));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (deterministic) {
+    at::Tensor out = at::empty({batch_size, channels, height, width}, grad.options());
+    C10_CUDA_CHECK(cuda::roi_align_backward_gather(dt, a, g.const_data_ptr(), r.const_data_ptr(),
+                                                   s.mutable_data_ptr(), out.mutable_data_ptr(),
+                                                   stream));
+    return out;
+  }
+  at::Tensor acc = at::zeros({batch_size, channels, height, width},
+                             grad.options().dtype(accumulate_dtype(grad)));
+  C10_CUDA_CHECK(cuda::roi_align_backward_atomic(dt, a, g.const_data_ptr(), r.const_data_ptr(),
+                                                 s.mutable_data_ptr(), acc.mutable_data_ptr(),
+                                                 stream));
+  return acc.to(grad.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input,
+                                                         const at::Tensor& rois,
+                                                         double spatial_scale, int64_t pooled_h,
+                                                         int64_t pooled_w) {
+  check_roi_forward("roi_pool", input, rois, spatial_scale, pooled_h, pooled_w);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  check_batch_indices_cuda(rois, N, "roi_pool");
+  const int64_t K = rois.size(0);
+  at::Tensor out = at::zeros({K, C, pooled_h, pooled_w}, input.options());
+  at::Tensor argmax = at::full({K, C, pooled_h, pooled_w}, -1, input.options().dtype(at::kLong));
+  if (out.numel() == 0) return {out, argmax};
+  const at::Tensor x = input.contiguous();
+  const at::Tensor r = rois_for_geometry(rois, input.scalar_type());
+  const auto a = roi_args(N, C, H, W, r, pooled_h, pooled_w, spatial_scale);
+  C10_CUDA_CHECK(cuda::roi_pool_forward(cuda_dtype(x), a, x.const_data_ptr(), r.const_data_ptr(),
+                                        out.mutable_data_ptr(),
+                                        argmax.mutable_data_ptr<int64_t>(),
+                                        c10::cuda::getCurrentCUDAStream()));
+  return {out, argmax};
+}
+
+at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois,
+                                  const at::Tensor& argmax, double spatial_scale,
+                                  int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
+                                  int64_t channels, int64_t height, int64_t width) {
+  check_roi_backward("_roi_pool_backward", grad, rois, spatial_scale, pooled_h, pooled_w,
+                     batch_size, channels, height, width);
+  check_argmax("_roi_pool_backward", grad, argmax);
+  const c10::cuda::CUDAGuard guard(grad.device());
+  check_batch_indices_cuda(rois, batch_size, "_roi_pool_backward");
+  const int64_t K = rois.size(0);
+  const bool empty = K == 0 || batch_size * channels * height * width == 0 ||
+                     pooled_h * pooled_w == 0;
+  if (empty) return at::zeros({batch_size, channels, height, width}, grad.options());
+  const at::Tensor g = grad.contiguous();
+  const at::Tensor am = argmax.contiguous();
+  const at::Tensor r = rois_for_geometry(rois, grad.scalar_type());
+  const auto a = roi_args(batch_size, channels, height, width, r, pooled_h, pooled_w,
+                          spatial_scale);
+  const cuda::Dtype dt = cuda_dtype(g);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (at::globalContext().deterministicAlgorithms()) {
+    at::Tensor s = scratch(g, cuda::roi_pool_scratch_bytes(dt, K));
+    at::Tensor out = at::empty({batch_size, channels, height, width}, grad.options());
+    C10_CUDA_CHECK(cuda::roi_pool_backward_gather(dt, a, g.const_data_ptr(),
+                                                  am.const_data_ptr<int64_t>(),
+                                                  r.const_data_ptr(), s.mutable_data_ptr(),
+                                                  out.mutable_data_ptr(), stream));
+    return out;
+  }
+  at::Tensor acc = at::zeros({batch_size, channels, height, width},
+                             grad.options().dtype(accumulate_dtype(grad)));
+  C10_CUDA_CHECK(cuda::roi_pool_backward_atomic(dt, a, g.const_data_ptr(),
+                                                am.const_data_ptr<int64_t>(), r.const_data_ptr(),
+                                                acc.mutable_data_ptr(), stream));
+  return acc.to(grad.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(segops, CUDA, m) {
+  m.impl("roi_align", &roi_align_forward_cuda);
+  m.impl("_roi_align_backward", &roi_align_backward_cuda);
+  m.impl("roi_pool", &roi_pool_forward_cuda);
+  m.impl("_roi_pool_backward", &roi_pool_backward_cuda);
+}
+
+}  // namespace segops
