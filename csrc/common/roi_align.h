@@ -6,7 +6,8 @@
 //  * a sample's contribution is separable, w = w_y * w_x, so the per-axis rules live in
 //    RoIAxis and a sample at (y, x) is two 1-D interpolations;
 //  * samples are visited only where they can be inside [-1, size] (exact: positions are
-//    monotone in the sample index), which bounds the work of huge boxes by the image.
+//    monotone in the sample index), which bounds the work of huge boxes by the image, and
+//    the backward's gather form finds the samples near a pixel the same way.
 #pragma once
 
 #include <cmath>
@@ -71,29 +72,44 @@ struct RoIAxis {
     return r;
   }
 
-  // First sample index s with pos(s) >= v (or > v when `strict`). Positions are
-  // non-decreasing in s, so the estimate is corrected to the exact answer.
-  SEGOPS_HOST_DEVICE int64_t bound(G v, bool strict) const {
+  // First sample index s in [0, n] where pred(pos(s)) holds, for a predicate that is
+  // monotone along the samples (false ... false, true ... true). Positions are monotone in
+  // s (decreasing when an aligned, inverted box has a negative bin), so an estimate from
+  // `v` is corrected to the exact answer in a step or two.
+  template <typename Pred>
+  SEGOPS_HOST_DEVICE int64_t first_where(G v, Pred pred) const {
     const int64_t n = samples();
     if (n == 0) return 0;
     int64_t s = 0;
     const G step = bin / static_cast<G>(grid);
-    if (step > G(0) && is_finite(step)) {
+    if (step != G(0) && is_finite(step)) {
       const G e = (v - start) / step - G(0.5);
       s = !(e > G(0)) ? 0 : (e >= static_cast<G>(n) ? n : static_cast<int64_t>(e));
     }
-    auto before = [&](int64_t k) { return strict ? pos(k) <= v : pos(k) < v; };
-    while (s > 0 && !before(s - 1)) --s;
-    while (s < n && before(s)) ++s;
+    while (s > 0 && pred(pos(s - 1))) --s;
+    while (s < n && !pred(pos(s))) ++s;
     return s;
+  }
+
+  // Samples [b, e) whose position lies in [lo, hi].
+  SEGOPS_HOST_DEVICE void range(G lo, G hi, int64_t& b, int64_t& e) const {
+    if (bin >= G(0)) {
+      b = first_where(lo, [&](G p) { return p >= lo; });
+      e = first_where(hi, [&](G p) { return p > hi; });
+    } else {
+      b = first_where(hi, [&](G p) { return p <= hi; });
+      e = first_where(lo, [&](G p) { return p < lo; });
+    }
+    e = max_(e, b);
   }
 
   // Samples [b, e) that can put weight on pixel p (a superset checked by weight_at).
   SEGOPS_HOST_DEVICE void touching(int64_t p, int64_t& b, int64_t& e) const {
     const G lo = p == 0 ? G(-1) : static_cast<G>(p - 1);
     const G hi = p == size - 1 ? static_cast<G>(size) : static_cast<G>(p + 1);
-    b = max_(bound(lo, false), first);
-    e = min_(bound(hi, true), last);
+    range(lo, hi, b, e);
+    b = max_(b, first);
+    e = min_(e, last);
   }
 
   // Pixels [b, e) that valid samples can touch.
@@ -102,8 +118,9 @@ struct RoIAxis {
       b = e = 0;
       return;
     }
-    b = interp(pos(first)).lo;
-    e = interp(pos(last - 1)).hi + 1;
+    const Interp1D<G> u = interp(pos(first)), w = interp(pos(last - 1));
+    b = min_(u.lo, w.lo);
+    e = max_(u.hi, w.hi) + 1;
   }
 };
 
@@ -138,10 +155,7 @@ SEGOPS_HOST_DEVICE RoIAxis<G> make_axis(G start, G end, int64_t pooled, int64_t 
   a.grid = grid_size(len, pooled, sampling_ratio);
   a.pooled = pooled;
   a.size = size;
-  a.first = 0;
-  a.last = a.samples();
-  a.first = a.bound(G(-1), false);
-  a.last = max_(a.bound(static_cast<G>(size), true), a.first);
+  a.range(G(-1), static_cast<G>(size), a.first, a.last);
   return a;
 }
 
