@@ -19,4 +19,20 @@ TORCH_LIBRARY(segops, m) {
       "_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, "
       "SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, "
       "SymInt height, SymInt width) -> Tensor");
+
+  // ---- nms: suppression (SPEC §2). Outputs are padded to a capacity (max_out = -1: N)
+  // with a count, so that CUDA needs no host synchronisation; segops.nms slices them.
+  m.def(
+      "nms(Tensor boxes, Tensor scores, float iou_threshold, int max_out=-1) "
+      "-> (Tensor keep, Tensor count)");
+  m.def(
+      "batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold, "
+      "int max_out=-1) -> (Tensor keep, Tensor count)");
+  m.def(
+      "fast_nms(Tensor boxes, Tensor scores, float iou_threshold, int top_k, "
+      "float score_threshold, int max_detections, bool cross_class, bool second_threshold) "
+      "-> (Tensor indices, Tensor classes, Tensor scores, Tensor count)");
+  m.def(
+      "matrix_nms(Tensor masks, Tensor labels, Tensor scores, str kernel, float sigma) "
+      "-> Tensor");
 }

@@ -7,8 +7,19 @@ loads; the functions below are their documented, validated entry points.
 import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C  # registers torch.ops.segops.*
+from .ops.nms import batched_nms, fast_nms, matrix_nms, nms
 from .ops.roi import RoIAlign, RoIPool, roi_align, roi_pool
 
 __version__ = "0.1.0"
 
-__all__ = ["RoIAlign", "RoIPool", "roi_align", "roi_pool", "__version__"]
+__all__ = [
+    "RoIAlign",
+    "RoIPool",
+    "batched_nms",
+    "fast_nms",
+    "matrix_nms",
+    "nms",
+    "roi_align",
+    "roi_pool",
+    "__version__",
+]

@@ -7,18 +7,12 @@ from segops import _C
 
 
 def op_table() -> list[tuple[str, bool, bool]]:
+    """(op, has a CPU kernel, has a CUDA kernel) for every torch.ops.segops op."""
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
     names = sorted(
-        n for n in dir(torch.ops.segops) if not n.startswith("__") and n not in ("name",)
+        n for n in torch._C._dispatch_get_all_op_names() if n.startswith("segops::")
     )
-    rows = []
-    for n in names:
-        qual = f"segops::{n}"
-        try:
-            has = torch._C._dispatch_has_kernel_for_dispatch_key
-            rows.append((n, has(qual, "CPU"), has(qual, "CUDA")))
-        except RuntimeError:
-            continue
-    return rows
+    return [(n.split("::", 1)[1], has(n, "CPU"), has(n, "CUDA")) for n in names]
 
 
 def main() -> None:

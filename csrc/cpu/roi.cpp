@@ -13,7 +13,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-#include "../checks.h"
+#include "../roi_checks.h"
 #include "../common/roi_align.h"
 #include "../common/roi_pool.h"
 

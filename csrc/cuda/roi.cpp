@@ -10,7 +10,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../checks.h"
+#include "../roi_checks.h"
 #include "glue.h"
 #include "roi.h"
 

@@ -1,4 +1,4 @@
-#include "checks.h"
+#include "roi_checks.h"
 
 #include <ATen/ops/any.h>
 #include <ATen/ops/floor.h>

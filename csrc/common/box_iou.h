@@ -1,0 +1,91 @@
+// Box IoU and the per-element rules of the suppression family (SPEC §2), shared by the
+// CPU and CUDA kernels. Torch-free.
+#pragma once
+
+#include "macros.h"
+
+namespace segops {
+
+// An axis-aligned box (x1, y1, x2, y2) in the IoU dtype G (float, or double for double).
+template <typename G>
+struct Box {
+  G x1, y1, x2, y2;
+};
+
+template <typename G, typename T>
+SEGOPS_HOST_DEVICE Box<G> load_box(const T* p) {
+  return Box<G>{static_cast<G>(p[0]), static_cast<G>(p[1]), static_cast<G>(p[2]),
+                static_cast<G>(p[3])};
+}
+
+// A box with a non-finite coordinate is absent: never kept, never suppresses.
+template <typename G>
+SEGOPS_HOST_DEVICE bool box_finite(const Box<G>& b) {
+  return is_finite(b.x1) && is_finite(b.y1) && is_finite(b.x2) && is_finite(b.y2);
+}
+
+template <typename G>
+SEGOPS_HOST_DEVICE G box_area(const Box<G>& b) {
+  return (b.x2 - b.x1) * (b.y2 - b.y1);
+}
+
+// inter / (area_a + area_b - inter), torchvision's order of operations; a pair whose union
+// is not positive (zero-area boxes) has IoU 0 rather than NaN.
+template <typename G>
+SEGOPS_HOST_DEVICE G box_iou(const Box<G>& a, G area_a, const Box<G>& b, G area_b) {
+  const G w = max_(min_(a.x2, b.x2) - max_(a.x1, b.x1), G(0));
+  const G h = max_(min_(a.y2, b.y2) - max_(a.y1, b.y1), G(0));
+  const G inter = w * h;
+  const G uni = area_a + area_b - inter;
+  return uni > G(0) ? inter / uni : G(0);
+}
+
+template <typename G>
+SEGOPS_HOST_DEVICE G box_iou(const Box<G>& a, const Box<G>& b) {
+  return box_iou(a, box_area(a), b, box_area(b));
+}
+
+// Fast NMS (YOLACT): the largest IoU of box j with any higher-ranked box i < j, suppressed
+// or not. `boxes` are one class's candidates in rank order.
+template <typename G>
+SEGOPS_HOST_DEVICE G fast_nms_column_max(const Box<G>* boxes, int64_t j) {
+  G m = G(0);
+  const Box<G> bj = boxes[j];
+  const G aj = box_area(bj);
+  for (int64_t i = 0; i < j; ++i) m = max_(m, box_iou(boxes[i], box_area(boxes[i]), bj, aj));
+  return m;
+}
+
+// Matrix NMS (SOLOv2) decay of mask j, given IoUs with the higher-scored masks, the same-class
+// flags, and each mask's compensation comp_i = max IoU with any higher-scored same-class mask.
+// iou(i) and same(i) are callables over i < j. gaussian: min_i exp(-sigma iou^2) /
+// exp(-sigma comp_i^2); linear: min_i (1 - iou) / (1 - comp_i), leaving out terms whose
+// denominator is 0. Terms with i >= j are >= 1 in the original and row 0 gives one <= 1, so
+// the minimum over i < j, capped at 1, is the original's.
+template <typename G, typename Iou, typename Same>
+SEGOPS_HOST_DEVICE G matrix_nms_decay(int64_t j, const G* comp, bool gaussian, G sigma, Iou&& iou,
+                                      Same&& same) {
+  G decay = G(1);
+  for (int64_t i = 0; i < j; ++i) {
+    const G x = same(i) ? iou(i) : G(0);
+    G term;
+    if (gaussian) {
+      term = exp_(-sigma * (x * x)) / exp_(-sigma * (comp[i] * comp[i]));
+    } else {
+      const G den = G(1) - comp[i];
+      if (den == G(0)) continue;
+      term = (G(1) - x) / den;
+    }
+    decay = min_(decay, term);
+  }
+  return decay;
+}
+
+// IoU of two binary masks from their intersection and pixel counts; empty masks give 0.
+template <typename G>
+SEGOPS_HOST_DEVICE G mask_iou(G inter, G area_a, G area_b) {
+  const G uni = area_a + area_b - inter;
+  return uni > G(0) ? inter / uni : G(0);
+}
+
+}  // namespace segops

@@ -1,0 +1,333 @@
+// Suppression family on the CPU: nms / batched_nms (greedy, per class in parallel),
+// fast_nms (YOLACT, per class in parallel) and matrix_nms (SOLOv2, bit-packed masks).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#include "../common/box_iou.h"
+#include "../nms_checks.h"
+
+namespace segops {
+namespace {
+
+// Scores are compared as doubles (exact for every float dtype).
+std::vector<double> as_doubles(const at::Tensor& t) {
+  const at::Tensor d = t.to(at::kDouble).contiguous();
+  return std::vector<double>(d.const_data_ptr<double>(), d.const_data_ptr<double>() + d.numel());
+}
+
+template <typename G>
+std::vector<Box<G>> load_boxes(const at::Tensor& boxes) {
+  const at::Tensor b = boxes.to(c10::CppTypeToScalarType<G>::value).contiguous();
+  const G* p = b.const_data_ptr<G>();
+  std::vector<Box<G>> out(b.size(0));
+  for (int64_t i = 0; i < b.size(0); ++i) out[i] = load_box<G>(p + 4 * i);
+  return out;
+}
+
+// Greedy NMS over boxes in rank order: keep[i] = 1 for the kept ones.
+// IoU (in G) is compared with the threshold in double, as torchvision's kernels do.
+template <typename G>
+void greedy_nms(const Box<G>* b, int64_t n, double threshold, char* keep) {
+  std::vector<G> area(n);
+  for (int64_t i = 0; i < n; ++i) area[i] = box_area(b[i]);
+  std::vector<char> suppressed(n, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    if (suppressed[i]) continue;
+    keep[i] = 1;
+    auto sweep = [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j)
+        if (!suppressed[j] &&
+            static_cast<double>(box_iou(b[i], area[i], b[j], area[j])) > threshold)
+          suppressed[j] = 1;
+    };
+    if (n - i > 65536)
+      at::parallel_for(i + 1, n, 16384, sweep);
+    else
+      sweep(i + 1, n);
+  }
+}
+
+template <typename G>
+int64_t batched_nms_impl(const at::Tensor& boxes, const std::vector<double>& score,
+                         const std::vector<int64_t>& cls, double threshold, int64_t* out,
+                         int64_t capacity) {
+  const int64_t N = boxes.size(0);
+  const std::vector<Box<G>> box = load_boxes<G>(boxes);
+  // Present boxes, by class, then score descending, then index.
+  std::vector<int64_t> order;
+  for (int64_t i = 0; i < N; ++i)
+    if (box_finite(box[i]) && score[i] == score[i]) order.push_back(i);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return cls[a] != cls[b] ? cls[a] < cls[b] : score[a] > score[b];
+  });
+  std::vector<int64_t> seg_begin;
+  for (size_t p = 0; p < order.size(); ++p)
+    if (p == 0 || cls[order[p]] != cls[order[p - 1]]) seg_begin.push_back(p);
+  seg_begin.push_back(order.size());
+  std::vector<Box<G>> sorted(order.size());
+  for (size_t p = 0; p < order.size(); ++p) sorted[p] = box[order[p]];
+  std::vector<char> keep(order.size(), 0);
+  at::parallel_for(0, seg_begin.size() - 1, 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s)
+      greedy_nms(sorted.data() + seg_begin[s], seg_begin[s + 1] - seg_begin[s],
+                 threshold, keep.data() + seg_begin[s]);
+  });
+  std::vector<int64_t> kept;
+  for (size_t p = 0; p < order.size(); ++p)
+    if (keep[p]) kept.push_back(order[p]);
+  std::sort(kept.begin(), kept.end());
+  std::stable_sort(kept.begin(), kept.end(),
+                   [&](int64_t a, int64_t b) { return score[a] > score[b]; });
+  const int64_t count = std::min<int64_t>(kept.size(), capacity);
+  std::copy(kept.begin(), kept.begin() + count, out);
+  return count;
+}
+
+std::tuple<at::Tensor, at::Tensor> batched_nms_cpu(const at::Tensor& boxes,
+                                                   const at::Tensor& scores,
+                                                   const c10::optional<at::Tensor>& idxs,
+                                                   double iou_threshold, int64_t max_out,
+                                                   const char* op) {
+  check_nms_inputs(op, boxes, scores, idxs, max_out);
+  const int64_t N = boxes.size(0);
+  const int64_t capacity = max_out < 0 ? N : max_out;
+  at::Tensor keep = at::full({capacity}, -1, boxes.options().dtype(at::kLong));
+  at::Tensor count = at::zeros({}, boxes.options().dtype(at::kLong));
+  if (N == 0 || capacity == 0) return {keep, count};
+  const std::vector<double> score = as_doubles(scores);
+  std::vector<int64_t> cls(N, 0);
+  if (idxs.has_value()) {
+    const at::Tensor c = idxs->to(at::kLong).contiguous();
+    std::copy(c.const_data_ptr<int64_t>(), c.const_data_ptr<int64_t>() + N, cls.begin());
+  }
+  int64_t* out = keep.mutable_data_ptr<int64_t>();
+  const int64_t n = boxes.scalar_type() == at::kDouble
+                        ? batched_nms_impl<double>(boxes, score, cls, iou_threshold, out, capacity)
+                        : batched_nms_impl<float>(boxes, score, cls, iou_threshold, out, capacity);
+  count.fill_(n);
+  return {keep, count};
+}
+
+std::tuple<at::Tensor, at::Tensor> nms_op_cpu(const at::Tensor& boxes, const at::Tensor& scores,
+                                              double iou_threshold, int64_t max_out) {
+  return batched_nms_cpu(boxes, scores, c10::nullopt, iou_threshold, max_out, "nms");
+}
+
+std::tuple<at::Tensor, at::Tensor> batched_nms_op_cpu(const at::Tensor& boxes,
+                                                      const at::Tensor& scores,
+                                                      const at::Tensor& idxs,
+                                                      double iou_threshold, int64_t max_out) {
+  return batched_nms_cpu(boxes, scores, idxs, iou_threshold, max_out, "batched_nms");
+}
+
+// ---------------------------------------------------------------- fast_nms
+
+struct Detection {
+  double score;
+  int64_t cls, rank, anchor;
+};
+
+// The first `d` of `cand` by (score descending, index ascending): a stable sort's prefix.
+void top_d(std::vector<std::pair<double, int64_t>>& cand, int64_t d) {
+  auto before = [](const std::pair<double, int64_t>& a, const std::pair<double, int64_t>& b) {
+    return a.first != b.first ? a.first > b.first : a.second < b.second;
+  };
+  if (d < static_cast<int64_t>(cand.size()))
+    std::nth_element(cand.begin(), cand.begin() + d, cand.end(), before);
+  cand.resize(d);
+  std::sort(cand.begin(), cand.end(), before);
+}
+
+// Fast NMS over one class's ranked candidates: appends the kept ones to `out`.
+template <typename G>
+void fast_nms_class(const std::vector<Box<G>>& box, std::vector<std::pair<double, int64_t>>& cand,
+                    int64_t d, int64_t cls, double iou_threshold, double score_threshold,
+                    bool second_threshold, std::vector<Detection>& out) {
+  top_d(cand, d);
+  std::vector<Box<G>> ranked(cand.size());
+  for (size_t r = 0; r < cand.size(); ++r) ranked[r] = box[cand[r].second];
+  for (int64_t r = 0; r < static_cast<int64_t>(cand.size()); ++r) {
+    if (fast_nms_column_max(ranked.data(), r) > static_cast<G>(iou_threshold)) continue;
+    if (second_threshold && !(cand[r].first > score_threshold)) continue;
+    out.push_back({cand[r].first, cls, r, cand[r].second});
+  }
+}
+
+template <typename G>
+std::vector<Detection> fast_nms_impl(const at::Tensor& boxes, const at::Tensor& scores,
+                                     double iou_threshold, int64_t top_k, double score_threshold,
+                                     bool cross_class, bool second_threshold) {
+  const int64_t C = scores.size(0), N = scores.size(1);
+  const std::vector<Box<G>> box = load_boxes<G>(boxes);
+  const std::vector<double> s = as_doubles(scores);  // [C, N]
+  // Prefilter: finite boxes whose max class score (NaN-propagating, as torch.max) passes.
+  std::vector<int64_t> anchors;
+  std::vector<double> best(N);
+  std::vector<int64_t> best_cls(N);
+  for (int64_t n = 0; n < N; ++n) {
+    double m = s[n];
+    int64_t arg = 0;
+    for (int64_t c = 1; c < C && m == m; ++c) {
+      const double v = s[c * N + n];
+      if (v > m || v != v) m = v, arg = c;
+    }
+    best[n] = m;
+    best_cls[n] = arg;
+    if (m > score_threshold && box_finite(box[n])) anchors.push_back(n);
+  }
+  const int64_t d = std::min<int64_t>(top_k, anchors.size());
+  std::vector<Detection> kept;
+  if (cross_class) {
+    std::vector<std::pair<double, int64_t>> cand;
+    for (int64_t a : anchors) cand.emplace_back(best[a], a);
+    fast_nms_class(box, cand, d, 0, iou_threshold, score_threshold, second_threshold, kept);
+    for (Detection& det : kept) det.cls = best_cls[det.anchor];
+    return kept;  // already in rank order
+  }
+  std::vector<std::vector<Detection>> per_class(C);
+  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<std::pair<double, int64_t>> cand;
+    for (int64_t c = c0; c < c1; ++c) {
+      cand.clear();
+      for (int64_t a : anchors) cand.emplace_back(s[c * N + a], a);
+      fast_nms_class(box, cand, d, c, iou_threshold, score_threshold, second_threshold,
+                     per_class[c]);
+    }
+  });
+  for (auto& v : per_class) kept.insert(kept.end(), v.begin(), v.end());
+  // Merge: class-major order, then a stable descending sort by score.
+  std::stable_sort(kept.begin(), kept.end(),
+                   [](const Detection& a, const Detection& b) { return a.score > b.score; });
+  return kept;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fast_nms_cpu(
+    const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold, int64_t top_k,
+    double score_threshold, int64_t max_detections, bool cross_class, bool second_threshold) {
+  check_fast_nms_inputs(boxes, scores, top_k, max_detections);
+  // As YOLACT's tensor comparisons: IoU against a float32 (float64) threshold, scores
+  // against a threshold of the scores' dtype.
+  const at::ScalarType iou_type = boxes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  iou_threshold = as_dtype(iou_threshold, iou_type);
+  score_threshold = as_dtype(score_threshold, scores.scalar_type());
+  const int64_t capacity = cross_class ? top_k : max_detections;
+  const auto longs = boxes.options().dtype(at::kLong);
+  at::Tensor indices = at::full({capacity}, -1, longs);
+  at::Tensor classes = at::full({capacity}, -1, longs);
+  at::Tensor out_scores = at::zeros({capacity}, scores.options().dtype(at::kDouble));
+  at::Tensor count = at::zeros({}, longs);
+  if (scores.numel() > 0 && capacity > 0) {
+    const std::vector<Detection> kept =
+        boxes.scalar_type() == at::kDouble
+            ? fast_nms_impl<double>(boxes, scores, iou_threshold, top_k, score_threshold,
+                                    cross_class, second_threshold)
+            : fast_nms_impl<float>(boxes, scores, iou_threshold, top_k, score_threshold,
+                                   cross_class, second_threshold);
+    const int64_t n = std::min<int64_t>(kept.size(), capacity);
+    int64_t* idx = indices.mutable_data_ptr<int64_t>();
+    int64_t* cls = classes.mutable_data_ptr<int64_t>();
+    double* sc = out_scores.mutable_data_ptr<double>();
+    for (int64_t k = 0; k < n; ++k) idx[k] = kept[k].anchor, cls[k] = kept[k].cls, sc[k] = kept[k].score;
+    count.fill_(n);
+  }
+  return {indices, classes, out_scores.to(scores.scalar_type()), count};
+}
+
+// ---------------------------------------------------------------- matrix_nms
+
+// Masks as rows of 64-bit words, one bit a pixel.
+std::vector<uint64_t> pack_masks(const at::Tensor& masks, const std::vector<int64_t>& order,
+                                 int64_t words) {
+  const int64_t N = masks.size(0), P = masks.size(1) * masks.size(2);
+  const at::Tensor m = masks.ne(0).contiguous();
+  const bool* p = m.const_data_ptr<bool>();
+  std::vector<uint64_t> packed(N * words, 0);
+  at::parallel_for(0, N, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const bool* src = p + order[r] * P;
+      uint64_t* dst = packed.data() + r * words;
+      for (int64_t i = 0; i < P; ++i) dst[i >> 6] |= uint64_t(src[i]) << (i & 63);
+    }
+  });
+  return packed;
+}
+
+template <typename G>
+std::vector<G> matrix_nms_sorted(const std::vector<uint64_t>& packed, int64_t N, int64_t words,
+                                 const std::vector<int64_t>& label, bool gaussian, G sigma) {
+  std::vector<G> area(N), iou(N * N, G(0)), comp(N, G(0)), decay(N);
+  for (int64_t i = 0; i < N; ++i) {
+    int64_t a = 0;
+    for (int64_t w = 0; w < words; ++w) a += __builtin_popcountll(packed[i * words + w]);
+    area[i] = static_cast<G>(a);
+  }
+  at::parallel_for(0, N, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t j = i + 1; j < N; ++j) {
+        int64_t inter = 0;
+        const uint64_t *a = packed.data() + i * words, *b = packed.data() + j * words;
+        for (int64_t w = 0; w < words; ++w) inter += __builtin_popcountll(a[w] & b[w]);
+        iou[i * N + j] = mask_iou(static_cast<G>(inter), area[i], area[j]);
+      }
+  });
+  for (int64_t j = 0; j < N; ++j)
+    for (int64_t i = 0; i < j; ++i)
+      if (label[i] == label[j]) comp[j] = max_(comp[j], iou[i * N + j]);
+  at::parallel_for(0, N, 16, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j)
+      decay[j] = matrix_nms_decay<G>(
+          j, comp.data(), gaussian, sigma, [&](int64_t i) { return iou[i * N + j]; },
+          [&](int64_t i) { return label[i] == label[j]; });
+  });
+  return decay;
+}
+
+at::Tensor matrix_nms_cpu(const at::Tensor& masks, const at::Tensor& labels,
+                          const at::Tensor& scores, c10::string_view kernel, double sigma) {
+  const bool gaussian = check_matrix_nms_inputs(masks, labels, scores, kernel, sigma);
+  const int64_t N = masks.size(0);
+  if (N == 0) return at::empty({0}, scores.options());
+  const at::Tensor order_t = std::get<1>(at::sort(scores, /*stable=*/true, 0, /*descending=*/true));
+  const std::vector<int64_t> order(order_t.const_data_ptr<int64_t>(),
+                                   order_t.const_data_ptr<int64_t>() + N);
+  const at::Tensor lab = labels.to(at::kLong).contiguous();
+  std::vector<int64_t> label(N);
+  for (int64_t r = 0; r < N; ++r) label[r] = lab.const_data_ptr<int64_t>()[order[r]];
+  const int64_t words = (masks.size(1) * masks.size(2) + 63) / 64;
+  const std::vector<uint64_t> packed = pack_masks(masks, order, words);
+  const std::vector<double> score = as_doubles(scores);
+  at::Tensor out = at::empty({N}, scores.options().dtype(at::kDouble));
+  double* o = out.mutable_data_ptr<double>();
+  // Decayed score = score * decay, rounded as the scores' dtype (float32 or float64) does.
+  if (scores.scalar_type() == at::kDouble) {
+    const auto decay = matrix_nms_sorted<double>(packed, N, words, label, gaussian, sigma);
+    for (int64_t r = 0; r < N; ++r) o[order[r]] = score[order[r]] * decay[r];
+  } else {
+    const auto decay = matrix_nms_sorted<float>(packed, N, words, label, gaussian,
+                                                static_cast<float>(sigma));
+    for (int64_t r = 0; r < N; ++r)
+      o[order[r]] = static_cast<float>(score[order[r]]) * decay[r];
+  }
+  return out.to(scores.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(segops, CPU, m) {
+  m.impl("nms", &nms_op_cpu);
+  m.impl("batched_nms", &batched_nms_op_cpu);
+  m.impl("fast_nms", &fast_nms_cpu);
+  m.impl("matrix_nms", &matrix_nms_cpu);
+}
+
+}  // namespace segops

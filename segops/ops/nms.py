@@ -1,0 +1,192 @@
+"""Suppression: `nms`, `batched_nms`, YOLACT's `fast_nms`, SOLOv2's `matrix_nms` (SPEC §2).
+
+Every op has a sync-free form: with a capacity (`max_out=` for nms/batched_nms,
+`padded=True` for fast_nms) outputs are fixed-size, padded, with a count tensor; on CUDA
+that form makes no host synchronisation, so it can be captured in a CUDA graph and traced
+by `torch.compile(fullgraph=True)`. Without a capacity, outputs are exactly sized.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._registry import check_tensor, fake
+
+
+def _capacity(value: int | None, op: str, name: str) -> int:
+    if value is None:
+        return -1
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{op}: `{name}` must be an int or None, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{op}: `{name}` must be >= 0, got {value}")
+    return value
+
+
+def _nonneg(value: int, op: str, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{op}: `{name}` must be an int, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{op}: `{name}` must be >= 0, got {value}")
+    return value
+
+
+def nms(
+    boxes: Tensor, scores: Tensor, iou_threshold: float, max_out: int | None = None
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Greedy non-maximum suppression, torchvision's semantics.
+
+    Args:
+        boxes: `Tensor[N, 4]` (x1, y1, x2, y2), any float dtype.
+        scores: `Tensor[N]`, any float dtype.
+        iou_threshold: a box is suppressed by a kept, higher-scored box when their IoU is
+            `> iou_threshold`. IoU is computed in float32 (float64 for float64 boxes) and
+            compared with the threshold in float64, as torchvision does.
+        max_out: capacity of the sync-free form.
+
+    Returns:
+        `int64[M]` kept indices by decreasing score, ties by lower index (stable on every
+        device). With `max_out`: `(keep int64[max_out] padded with -1, count int64[])`.
+
+    Boxes with a non-finite coordinate and NaN scores are never kept and suppress nothing.
+    """
+    check_tensor(boxes, "nms", "boxes")
+    check_tensor(scores, "nms", "scores")
+    cap = _capacity(max_out, "nms", "max_out")
+    keep, count = torch.ops.segops.nms(boxes, scores, float(iou_threshold), cap)
+    return keep[: int(count)] if max_out is None else (keep, count)
+
+
+def batched_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    idxs: Tensor,
+    iou_threshold: float,
+    max_out: int | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """NMS within each category `idxs[i]`, in one pass whatever the number of categories
+    (no coordinate-offset trick: exact in float16 and at large coordinates).
+
+    Args and returns as :func:`nms`; `idxs` is `Tensor[N]` of integers.
+    """
+    for name, t in (("boxes", boxes), ("scores", scores), ("idxs", idxs)):
+        check_tensor(t, "batched_nms", name)
+    cap = _capacity(max_out, "batched_nms", "max_out")
+    keep, count = torch.ops.segops.batched_nms(boxes, scores, idxs, float(iou_threshold), cap)
+    return keep[: int(count)] if max_out is None else (keep, count)
+
+
+def fast_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float = 0.5,
+    top_k: int = 200,
+    score_threshold: float = 0.05,
+    max_detections: int = 100,
+    cross_class: bool = False,
+    second_threshold: bool = False,
+    padded: bool = False,
+) -> tuple[Tensor, ...]:
+    """YOLACT's Fast NMS (and `cc_fast_nms` with `cross_class=True`).
+
+    Args:
+        boxes: `Tensor[N, 4]` decoded anchor boxes.
+        scores: `Tensor[C, N]` per-class scores, background excluded.
+        iou_threshold: box j of a class is kept iff its largest IoU with any higher-ranked
+            box of the class -- suppressed or not -- is `<= iou_threshold`.
+        top_k: candidates per class (per image with `cross_class`).
+        score_threshold: anchors whose best class score is not `> score_threshold` are
+            dropped first.
+        max_detections: the output's length cap (ignored with `cross_class`).
+        cross_class: one IoU matrix over the best class of every anchor.
+        second_threshold: also drop kept detections whose score is not above
+            `score_threshold` (YOLACT leaves this off).
+        padded: the sync-free form, see below.
+
+    Returns:
+        `(indices int64[M], classes int64[M], scores[M])`: anchor indices into the N boxes,
+        0-based class ids, scores, by decreasing score (stable). With `padded=True` the
+        three have length `max_detections` (`top_k` with `cross_class`), padded with -1,
+        -1 and 0, and a fourth element `count int64[]` follows.
+
+    Differences from YOLACT: ties are broken by lower index (YOLACT's sorts are unstable);
+    zero-area pairs have IoU 0 (YOLACT: NaN, which suppresses); boxes with non-finite
+    coordinates are dropped with the prefilter.
+    """
+    check_tensor(boxes, "fast_nms", "boxes")
+    check_tensor(scores, "fast_nms", "scores")
+    top_k = _nonneg(top_k, "fast_nms", "top_k")
+    max_detections = _nonneg(max_detections, "fast_nms", "max_detections")
+    idx, cls, sc, count = torch.ops.segops.fast_nms(
+        boxes,
+        scores,
+        float(iou_threshold),
+        top_k,
+        float(score_threshold),
+        max_detections,
+        bool(cross_class),
+        bool(second_threshold),
+    )
+    if padded:
+        return idx, cls, sc, count
+    n = int(count)
+    return idx[:n], cls[:n], sc[:n]
+
+
+def matrix_nms(
+    masks: Tensor,
+    labels: Tensor,
+    scores: Tensor,
+    kernel: str = "gaussian",
+    sigma: float = 2.0,
+) -> Tensor:
+    """SOLOv2's Matrix NMS: the decayed scores, `Tensor[N]` in the input's order.
+
+    Args:
+        masks: `Tensor[N, H, W]` binary masks (bool, or 0/1 of any real dtype).
+        labels: `Tensor[N]` integer class of each mask.
+        scores: `Tensor[N]` float scores; the op sorts them (descending, stable) itself.
+        kernel: `"gaussian"` (`exp(-sigma * iou^2)`, as SOLOv2's code, which multiplies by
+            sigma where the paper divides) or `"linear"`.
+        sigma: the gaussian kernel's sigma.
+
+    Differences from SOLOv2: empty masks have IoU 0 with everything (SOLOv2: NaN); in the
+    linear kernel a term whose denominator is 0 (a duplicate of a higher-scored mask) is
+    left out of the minimum (SOLOv2: NaN).
+    """
+    for name, t in (("masks", masks), ("labels", labels), ("scores", scores)):
+        check_tensor(t, "matrix_nms", name)
+    if kernel not in ("gaussian", "linear"):
+        raise ValueError(f"matrix_nms: `kernel` must be 'gaussian' or 'linear', got {kernel!r}")
+    return torch.ops.segops.matrix_nms(masks, labels, scores, kernel, float(sigma))
+
+
+# ---- fake (shape) implementations: padded outputs have static sizes ----
+
+
+def _padded(like: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
+    return like.new_empty((capacity,), dtype=torch.int64), like.new_empty((), dtype=torch.int64)
+
+
+@fake("nms")
+def _(boxes, scores, iou_threshold, max_out=-1):
+    return _padded(boxes, boxes.shape[0] if max_out < 0 else max_out)
+
+
+@fake("batched_nms")
+def _(boxes, scores, idxs, iou_threshold, max_out=-1):
+    return _padded(boxes, boxes.shape[0] if max_out < 0 else max_out)
+
+
+@fake("fast_nms")
+def _(boxes, scores, iou_threshold, top_k, score_threshold, max_detections, cross_class,
+      second_threshold):
+    cap = top_k if cross_class else max_detections
+    idx, count = _padded(boxes, cap)
+    return idx, idx.new_empty((cap,)), scores.new_empty((cap,)), count
+
+
+@fake("matrix_nms")
+def _(masks, labels, scores, kernel, sigma):
+    return scores.new_empty((masks.shape[0],))
