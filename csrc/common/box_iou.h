@@ -36,6 +36,7 @@ SEGOPS_HOST_DEVICE G box_iou(const Box<G>& a, G area_a, const Box<G>& b, G area_
   const G w = max_(min_(a.x2, b.x2) - max_(a.x1, b.x1), G(0));
   const G h = max_(min_(a.y2, b.y2) - max_(a.y1, b.y1), G(0));
   const G inter = w * h;
+  if (inter == G(0)) return G(0);  // the value the division gives; most pairs are disjoint
   const G uni = area_a + area_b - inter;
   return uni > G(0) ? inter / uni : G(0);
 }
@@ -45,15 +46,17 @@ SEGOPS_HOST_DEVICE G box_iou(const Box<G>& a, const Box<G>& b) {
   return box_iou(a, box_area(a), b, box_area(b));
 }
 
-// Fast NMS (YOLACT): the largest IoU of box j with any higher-ranked box i < j, suppressed
-// or not. `boxes` are one class's candidates in rank order.
+// Fast NMS (YOLACT): box j is kept iff its IoU with every higher-ranked box i < j,
+// suppressed or not, is <= threshold -- i.e. the column max of the upper-triangular IoU
+// matrix is <= threshold; the scan stops at the first IoU above it. `boxes` are one class's
+// candidates in rank order, `area` their areas.
 template <typename G>
-SEGOPS_HOST_DEVICE G fast_nms_column_max(const Box<G>* boxes, int64_t j) {
-  G m = G(0);
+SEGOPS_HOST_DEVICE bool fast_nms_keep(const Box<G>* boxes, const G* area, int64_t j,
+                                      G threshold) {
   const Box<G> bj = boxes[j];
-  const G aj = box_area(bj);
-  for (int64_t i = 0; i < j; ++i) m = max_(m, box_iou(boxes[i], box_area(boxes[i]), bj, aj));
-  return m;
+  for (int64_t i = 0; i < j; ++i)
+    if (box_iou(boxes[i], area[i], bj, area[j]) > threshold) return false;
+  return true;
 }
 
 // Matrix NMS (SOLOv2) decay of mask j, given IoUs with the higher-scored masks, the same-class

@@ -191,19 +191,21 @@ SEGOPS_HOST_DEVICE RoIAlignGeometry<G> roi_align_geometry(const R* roi, G spatia
 }
 
 // Forward: the value of output bin (ph, pw) of one RoI over one input plane [H, W].
-template <typename T, typename G, typename A = acc_t<T>>
+// yi(s) / xi(s) give the interpolation of sample s along each axis (callers may precompute
+// them per RoI and reuse them across channels); the arithmetic is torchvision's.
+template <typename T, typename G, typename A, typename YI, typename XI>
 SEGOPS_HOST_DEVICE A roi_align_bin(const T* plane, const RoIAlignGeometry<G>& g, int64_t ph,
-                                   int64_t pw) {
+                                   int64_t pw, YI&& yi, XI&& xi) {
   A acc = A(0);
   if (g.empty) return acc;
   const int64_t W = g.x.size;
   const int64_t iy0 = max_(ph * g.y.grid, g.y.first), iy1 = min_((ph + 1) * g.y.grid, g.y.last);
   const int64_t ix0 = max_(pw * g.x.grid, g.x.first), ix1 = min_((pw + 1) * g.x.grid, g.x.last);
   for (int64_t sy = iy0; sy < iy1; ++sy) {
-    const Interp1D<G> a = g.y.interp(g.y.pos(ph, sy - ph * g.y.grid));
+    const Interp1D<G> a = yi(sy);
     if (!a.valid) continue;
     for (int64_t sx = ix0; sx < ix1; ++sx) {
-      const Interp1D<G> c = g.x.interp(g.x.pos(pw, sx - pw * g.x.grid));
+      const Interp1D<G> c = xi(sx);
       if (!c.valid) continue;
       const G w1 = a.wlo * c.wlo, w2 = a.wlo * c.whi, w3 = a.whi * c.wlo, w4 = a.whi * c.whi;
       acc += w1 * static_cast<A>(plane[a.lo * W + c.lo]) +
@@ -215,6 +217,14 @@ SEGOPS_HOST_DEVICE A roi_align_bin(const T* plane, const RoIAlignGeometry<G>& g,
   return acc / static_cast<A>(g.count);
 }
 
+template <typename T, typename G, typename A = acc_t<T>>
+SEGOPS_HOST_DEVICE A roi_align_bin(const T* plane, const RoIAlignGeometry<G>& g, int64_t ph,
+                                   int64_t pw) {
+  return roi_align_bin<T, G, A>(
+      plane, g, ph, pw, [&](int64_t s) { return g.y.interp(g.y.pos(s)); },
+      [&](int64_t s) { return g.x.interp(g.x.pos(s)); });
+}
+
 // One sample's share of an output gradient, as torchvision computes it: grad * w / count.
 template <typename A, typename G>
 SEGOPS_HOST_DEVICE A roi_align_grad_term(A grad, G w, G count) {
@@ -223,19 +233,19 @@ SEGOPS_HOST_DEVICE A roi_align_grad_term(A grad, G w, G count) {
 
 // Scatter form of the backward for one output bin: calls add(pixel_offset, value) for the
 // four neighbours of every sample, in torchvision's order. Used by the CPU kernel and the
-// atomic CUDA kernel.
-template <typename G, typename A, typename Add>
+// atomic CUDA kernel; yi / xi as in roi_align_bin.
+template <typename G, typename A, typename Add, typename YI, typename XI>
 SEGOPS_HOST_DEVICE void roi_align_bin_scatter(const RoIAlignGeometry<G>& g, int64_t ph,
-                                              int64_t pw, A grad, Add&& add) {
+                                              int64_t pw, A grad, Add&& add, YI&& yi, XI&& xi) {
   if (g.empty) return;
   const int64_t W = g.x.size;
   const int64_t iy0 = max_(ph * g.y.grid, g.y.first), iy1 = min_((ph + 1) * g.y.grid, g.y.last);
   const int64_t ix0 = max_(pw * g.x.grid, g.x.first), ix1 = min_((pw + 1) * g.x.grid, g.x.last);
   for (int64_t sy = iy0; sy < iy1; ++sy) {
-    const Interp1D<G> a = g.y.interp(g.y.pos(ph, sy - ph * g.y.grid));
+    const Interp1D<G> a = yi(sy);
     if (!a.valid) continue;
     for (int64_t sx = ix0; sx < ix1; ++sx) {
-      const Interp1D<G> c = g.x.interp(g.x.pos(pw, sx - pw * g.x.grid));
+      const Interp1D<G> c = xi(sx);
       if (!c.valid) continue;
       add(a.lo * W + c.lo, roi_align_grad_term(grad, a.wlo * c.wlo, g.count));
       add(a.lo * W + c.hi, roi_align_grad_term(grad, a.wlo * c.whi, g.count));
@@ -243,6 +253,14 @@ SEGOPS_HOST_DEVICE void roi_align_bin_scatter(const RoIAlignGeometry<G>& g, int6
       add(a.hi * W + c.hi, roi_align_grad_term(grad, a.whi * c.whi, g.count));
     }
   }
+}
+
+template <typename G, typename A, typename Add>
+SEGOPS_HOST_DEVICE void roi_align_bin_scatter(const RoIAlignGeometry<G>& g, int64_t ph,
+                                              int64_t pw, A grad, Add&& add) {
+  roi_align_bin_scatter(
+      g, ph, pw, grad, add, [&](int64_t s) { return g.y.interp(g.y.pos(s)); },
+      [&](int64_t s) { return g.x.interp(g.x.pos(s)); });
 }
 
 // Gather form of the backward: calls fn(bin, w) for every sample of the RoI that puts

@@ -155,36 +155,39 @@ void fast_nms_class(const std::vector<Box<G>>& box, std::vector<std::pair<double
                     bool second_threshold, std::vector<Detection>& out) {
   top_d(cand, d);
   std::vector<Box<G>> ranked(cand.size());
-  for (size_t r = 0; r < cand.size(); ++r) ranked[r] = box[cand[r].second];
+  std::vector<G> area(cand.size());
+  for (size_t r = 0; r < cand.size(); ++r) {
+    ranked[r] = box[cand[r].second];
+    area[r] = box_area(ranked[r]);
+  }
   for (int64_t r = 0; r < static_cast<int64_t>(cand.size()); ++r) {
-    if (fast_nms_column_max(ranked.data(), r) > static_cast<G>(iou_threshold)) continue;
+    if (!fast_nms_keep(ranked.data(), area.data(), r, static_cast<G>(iou_threshold))) continue;
     if (second_threshold && !(cand[r].first > score_threshold)) continue;
     out.push_back({cand[r].first, cls, r, cand[r].second});
   }
 }
 
-template <typename G>
-std::vector<Detection> fast_nms_impl(const at::Tensor& boxes, const at::Tensor& scores,
+// Scores are read in their own dtype (S) and compared as doubles, which is exact.
+template <typename G, typename S>
+std::vector<Detection> fast_nms_impl(const at::Tensor& boxes, const S* s, int64_t C, int64_t N,
                                      double iou_threshold, int64_t top_k, double score_threshold,
                                      bool cross_class, bool second_threshold) {
-  const int64_t C = scores.size(0), N = scores.size(1);
   const std::vector<Box<G>> box = load_boxes<G>(boxes);
-  const std::vector<double> s = as_doubles(scores);  // [C, N]
-  // Prefilter: finite boxes whose max class score (NaN-propagating, as torch.max) passes.
-  std::vector<int64_t> anchors;
+  // Prefilter: finite boxes whose max class score (NaN-propagating, as torch.max; ties to
+  // the first class) passes. Rows are scanned in memory order.
   std::vector<double> best(N);
-  std::vector<int64_t> best_cls(N);
-  for (int64_t n = 0; n < N; ++n) {
-    double m = s[n];
-    int64_t arg = 0;
-    for (int64_t c = 1; c < C && m == m; ++c) {
-      const double v = s[c * N + n];
-      if (v > m || v != v) m = v, arg = c;
+  std::vector<int64_t> best_cls(N, 0);
+  for (int64_t n = 0; n < N; ++n) best[n] = static_cast<double>(s[n]);
+  for (int64_t c = 1; c < C; ++c) {
+    const S* row = s + c * N;
+    for (int64_t n = 0; n < N; ++n) {
+      const double v = static_cast<double>(row[n]);
+      if (best[n] == best[n] && (v > best[n] || v != v)) best[n] = v, best_cls[n] = c;
     }
-    best[n] = m;
-    best_cls[n] = arg;
-    if (m > score_threshold && box_finite(box[n])) anchors.push_back(n);
   }
+  std::vector<int64_t> anchors;
+  for (int64_t n = 0; n < N; ++n)
+    if (best[n] > score_threshold && box_finite(box[n])) anchors.push_back(n);
   const int64_t d = std::min<int64_t>(top_k, anchors.size());
   std::vector<Detection> kept;
   if (cross_class) {
@@ -199,7 +202,7 @@ std::vector<Detection> fast_nms_impl(const at::Tensor& boxes, const at::Tensor& 
     std::vector<std::pair<double, int64_t>> cand;
     for (int64_t c = c0; c < c1; ++c) {
       cand.clear();
-      for (int64_t a : anchors) cand.emplace_back(s[c * N + a], a);
+      for (int64_t a : anchors) cand.emplace_back(static_cast<double>(s[c * N + a]), a);
       fast_nms_class(box, cand, d, c, iou_threshold, score_threshold, second_threshold,
                      per_class[c]);
     }
@@ -227,12 +230,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fast_nms_cpu(
   at::Tensor out_scores = at::zeros({capacity}, scores.options().dtype(at::kDouble));
   at::Tensor count = at::zeros({}, longs);
   if (scores.numel() > 0 && capacity > 0) {
-    const std::vector<Detection> kept =
-        boxes.scalar_type() == at::kDouble
-            ? fast_nms_impl<double>(boxes, scores, iou_threshold, top_k, score_threshold,
-                                    cross_class, second_threshold)
-            : fast_nms_impl<float>(boxes, scores, iou_threshold, top_k, score_threshold,
-                                   cross_class, second_threshold);
+    const at::Tensor sc_in = scores.contiguous();
+    std::vector<Detection> kept;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sc_in.scalar_type(), "fast_nms", [&] {
+      const scalar_t* s = sc_in.const_data_ptr<scalar_t>();
+      const int64_t C = sc_in.size(0), N = sc_in.size(1);
+      kept = boxes.scalar_type() == at::kDouble
+                 ? fast_nms_impl<double>(boxes, s, C, N, iou_threshold, top_k, score_threshold,
+                                         cross_class, second_threshold)
+                 : fast_nms_impl<float>(boxes, s, C, N, iou_threshold, top_k, score_threshold,
+                                        cross_class, second_threshold);
+    });
     const int64_t n = std::min<int64_t>(kept.size(), capacity);
     int64_t* idx = indices.mutable_data_ptr<int64_t>();
     int64_t* cls = classes.mutable_data_ptr<int64_t>();

@@ -33,6 +33,30 @@ at::Tensor grad_accumulator(const at::Tensor& grad, int64_t n, int64_t c, int64_
   return at::zeros({n, c, h, w}, grad.options().dtype(t));
 }
 
+// One RoI's geometry with its samples' interpolations precomputed along each axis, so
+// that the per-channel loops only load and multiply.
+template <typename G>
+struct RoIAlignSamples {
+  RoIAlignGeometry<G> g{};
+  std::vector<Interp1D<G>> y, x;  // samples [first, last) of each axis
+
+  void reset(const RoIAlignGeometry<G>& geometry) {
+    g = geometry;
+    fill(g.y, y);
+    fill(g.x, x);
+  }
+  static void fill(const RoIAxis<G>& a, std::vector<Interp1D<G>>& out) {
+    out.resize(a.last - a.first);
+    for (int64_t s = a.first; s < a.last; ++s) out[s - a.first] = a.interp(a.pos(s));
+  }
+  auto yi() const {
+    return [this](int64_t s) { return y[s - g.y.first]; };
+  }
+  auto xi() const {
+    return [this](int64_t s) { return x[s - g.x.first]; };
+  }
+};
+
 // Gather backward shared by roi_align and roi_pool (deterministic mode): for each channel,
 // RoIs in index order add their gradient at every pixel of their footprint.
 template <typename A, typename Footprint, typename GradAt>
@@ -71,20 +95,20 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
     const int64_t bins = pooled_h * pooled_w;
     at::parallel_for(0, K * C, std::max<int64_t>(1, 4096 / bins), [&](int64_t b, int64_t e) {
       int64_t k_geom = -1;
-      RoIAlignGeometry<G> g{};
+      RoIAlignSamples<G> rs;
       for (int64_t i = b; i < e; ++i) {
         const int64_t k = i / C, c = i % C;
         if (k != k_geom) {
-          g = roi_align_geometry<G>(boxes + k * 5, static_cast<G>(spatial_scale), pooled_h,
-                                    pooled_w, sampling_ratio, aligned, N, H, W);
+          rs.reset(roi_align_geometry<G>(boxes + k * 5, static_cast<G>(spatial_scale), pooled_h,
+                                         pooled_w, sampling_ratio, aligned, N, H, W));
           k_geom = k;
         }
-        if (g.empty) continue;
-        const scalar_t* plane = in + (g.batch * C + c) * H * W;
+        if (rs.g.empty) continue;
+        const scalar_t* plane = in + (rs.g.batch * C + c) * H * W;
         for (int64_t ph = 0; ph < pooled_h; ++ph)
           for (int64_t pw = 0; pw < pooled_w; ++pw)
-            o[i * bins + ph * pooled_w + pw] =
-                static_cast<scalar_t>(roi_align_bin<scalar_t, G>(plane, g, ph, pw));
+            o[i * bins + ph * pooled_w + pw] = static_cast<scalar_t>(
+                roi_align_bin<scalar_t, G, acc_t<scalar_t>>(plane, rs.g, ph, pw, rs.yi(), rs.xi()));
       }
     });
   });
@@ -133,16 +157,17 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
       return;
     }
     for_channels(C, K * bins, [&](int64_t c0, int64_t c1) {
+      RoIAlignSamples<G> rs;
       for (int64_t k = 0; k < K; ++k) {
-        const RoIAlignGeometry<G> g = geometry(k);
-        if (g.empty) continue;
+        rs.reset(geometry(k));
+        if (rs.g.empty) continue;
         for (int64_t c = c0; c < c1; ++c) {
-          A* plane = out + (g.batch * C + c) * H * W;
+          A* plane = out + (rs.g.batch * C + c) * H * W;
           const scalar_t* gk = go + (k * C + c) * bins;
           for (int64_t ph = 0; ph < pooled_h; ++ph)
             for (int64_t pw = 0; pw < pooled_w; ++pw)
-              roi_align_bin_scatter(g, ph, pw, static_cast<A>(gk[ph * pooled_w + pw]),
-                                    [&](int64_t i, A v) { plane[i] += v; });
+              roi_align_bin_scatter(rs.g, ph, pw, static_cast<A>(gk[ph * pooled_w + pw]),
+                                    [&](int64_t i, A v) { plane[i] += v; }, rs.yi(), rs.xi());
         }
       }
     });

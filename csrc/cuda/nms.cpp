@@ -105,22 +105,24 @@ std::tuple<at::Tensor, at::Tensor> batched_nms_op_cuda(const at::Tensor& boxes,
   return batched_nms_cuda(boxes, scores, idxs, iou_threshold, max_out, "batched_nms");
 }
 
-// Column maxima of Fast NMS for candidates [C, D] (anchor indices into boxes).
-at::Tensor column_max(const at::Tensor& b, const at::Tensor& cand) {
+// Fast NMS keep flags for candidates [C, D] (anchor indices into boxes).
+at::Tensor fast_nms_keep(const at::Tensor& b, const at::Tensor& cand, double iou_threshold) {
   const int64_t C = cand.size(0), D = cand.size(1);
   const at::Tensor cb = b.index_select(0, cand.reshape(-1)).contiguous();
-  at::Tensor colmax = at::empty({C, D}, b.options());
+  at::Tensor keep = at::zeros({C, D}, b.options().dtype(at::kByte));
   if (C * D > 0)
-    C10_CUDA_CHECK(cuda::fast_nms_column_max(b.scalar_type() == at::kDouble, cb.const_data_ptr(),
-                                             C, D, colmax.mutable_data_ptr(),
-                                             c10::cuda::getCurrentCUDAStream()));
-  return colmax;
+    C10_CUDA_CHECK(cuda::fast_nms_keep(b.scalar_type() == at::kDouble, cb.const_data_ptr(), C, D,
+                                       iou_threshold, keep.mutable_data_ptr<uint8_t>(),
+                                       c10::cuda::getCurrentCUDAStream()));
+  return keep.to(at::kBool);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fast_nms_cuda(
     const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold, int64_t top_k,
     double score_threshold, int64_t max_detections, bool cross_class, bool second_threshold) {
   check_fast_nms_inputs(boxes, scores, top_k, max_detections);
+  TORCH_CHECK_VALUE(std::min(top_k, scores.size(1)) <= 4096, "fast_nms: on CUDA `top_k` is "
+                    "limited to 4096 candidates per class, got ", top_k);
   const c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t C = scores.size(0), N = scores.size(1);
   const int64_t capacity = cross_class ? top_k : max_detections;
@@ -147,7 +149,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fast_nms_cuda(
   const at::Tensor cand = cross_class ? ranked(best.unsqueeze(0)) : ranked(scores);  // [R, D]
   const at::Tensor cand_scores =
       cross_class ? best.index_select(0, cand.reshape(-1)).view_as(cand) : scores.gather(1, cand);
-  at::Tensor keep = column_max(b, cand).le(iou_t).logical_and(rank_ok.unsqueeze(0));
+  at::Tensor keep = fast_nms_keep(b, cand, iou_t).logical_and(rank_ok.unsqueeze(0));
   if (second_threshold) keep = keep.logical_and(cand_scores.gt(score_t));
   if (cross_class) {
     // Output in rank order, classes = argmax.

@@ -19,10 +19,12 @@ cudaError_t nms_sorted(bool f64, const void* boxes, const int64_t* seg_end,
                        const uint8_t* valid, int64_t n, double iou_threshold, uint64_t* mask,
                        uint64_t* removed, uint8_t* keep, cudaStream_t stream);
 
-// Fast NMS column maxima: boxes [C, D, 4] (each class's candidates in rank order) ->
-// colmax [C, D] (IoU dtype), the largest IoU with any higher-ranked candidate.
-cudaError_t fast_nms_column_max(bool f64, const void* boxes, int64_t classes, int64_t d,
-                                void* colmax, cudaStream_t stream);
+// Fast NMS keep flags: boxes [C, D, 4] (each class's candidates in rank order) ->
+// keep [C, D]: 1 iff the IoU with every higher-ranked candidate is <= iou_threshold (which
+// is compared in the IoU dtype). Areas need d * sizeof(G) bytes of shared memory, so D is
+// limited to about 48 KiB / sizeof(G).
+cudaError_t fast_nms_keep(bool f64, const void* boxes, int64_t classes, int64_t d,
+                          double iou_threshold, uint8_t* keep, cudaStream_t stream);
 
 // Matrix NMS on masks sorted by score: masks [N, P] as bytes (0/1), labels [N]. Writes
 // decay [N] (IoU dtype). `scratch` holds matrix_nms_scratch_bytes(f64, n, p) bytes.

@@ -69,18 +69,20 @@ __global__ void nms_scan_kernel(const uint64_t* mask, const int64_t* seg_end,
 }
 
 template <typename G>
-__global__ void fast_nms_colmax_kernel(const Box<G>* boxes, int64_t d, bool use_shared,
-                                       G* colmax) {
+__global__ void fast_nms_keep_kernel(const Box<G>* boxes, int64_t d, G threshold,
+                                     bool use_shared, uint8_t* keep) {
   extern __shared__ unsigned char smem[];
   const Box<G>* b = boxes + int64_t(blockIdx.x) * d;
-  if (use_shared) {
-    Box<G>* s = reinterpret_cast<Box<G>*>(smem);
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) s[j] = b[j];
-    __syncthreads();
-    b = s;
+  Box<G>* s = reinterpret_cast<Box<G>*>(smem);
+  G* area = reinterpret_cast<G*>(s + (use_shared ? d : 0));
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    if (use_shared) s[j] = b[j];
+    area[j] = box_area(b[j]);
   }
+  __syncthreads();
+  if (use_shared) b = s;
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x)
-    colmax[int64_t(blockIdx.x) * d + j] = segops::fast_nms_column_max(b, j);
+    keep[int64_t(blockIdx.x) * d + j] = segops::fast_nms_keep(b, area, j, threshold);
 }
 
 // ---- matrix NMS: masks as bits, IoU by popcount
@@ -203,18 +205,20 @@ cudaError_t nms_sorted(bool f64, const void* boxes, const int64_t* seg_end,
   return cudaGetLastError();
 }
 
-cudaError_t fast_nms_column_max(bool f64, const void* boxes, int64_t classes, int64_t d,
-                                void* colmax, cudaStream_t stream) {
-  const size_t box_bytes = f64 ? sizeof(Box<double>) : sizeof(Box<float>);
-  const bool use_shared = d * box_bytes <= 32 * 1024;
-  const size_t smem = use_shared ? d * box_bytes : 0;
+cudaError_t fast_nms_keep(bool f64, const void* boxes, int64_t classes, int64_t d,
+                          double iou_threshold, uint8_t* keep, cudaStream_t stream) {
+  // Areas always live in shared memory; the boxes too when they fit.
+  const size_t g = f64 ? sizeof(double) : sizeof(float);
+  const bool use_shared = d * (4 + 1) * g <= 40 * 1024;
+  const size_t smem = d * g * (use_shared ? 5 : 1);
   const unsigned grid = static_cast<unsigned>(classes);
   if (f64)
-    fast_nms_colmax_kernel<double><<<grid, kThreads, smem, stream>>>(
-        static_cast<const Box<double>*>(boxes), d, use_shared, static_cast<double*>(colmax));
+    fast_nms_keep_kernel<double><<<grid, kThreads, smem, stream>>>(
+        static_cast<const Box<double>*>(boxes), d, iou_threshold, use_shared, keep);
   else
-    fast_nms_colmax_kernel<float><<<grid, kThreads, smem, stream>>>(
-        static_cast<const Box<float>*>(boxes), d, use_shared, static_cast<float*>(colmax));
+    fast_nms_keep_kernel<float><<<grid, kThreads, smem, stream>>>(
+        static_cast<const Box<float>*>(boxes), d, static_cast<float>(iou_threshold), use_shared,
+        keep);
   return cudaGetLastError();
 }
 

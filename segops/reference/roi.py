@@ -1,0 +1,316 @@
+"""Pure-PyTorch references for the RoI pooling ops (SPEC §1).
+
+These are the executable form of the spec and the oracle the tests compare the kernels
+against, values and (through autograd) gradients. They are written to be read:
+one Python loop over the RoIs, with the work inside a RoI vectorised.
+
+``roi_align`` reproduces torchvision's arithmetic operation by operation:
+
+* the box geometry is computed in the input dtype for float32/float64 and in float32 for
+  float16/bfloat16 (torchvision uses half precision there; segops does better);
+* sample positions are ``start + p * bin + (i + 0.5) * bin / grid``, evaluated in that order;
+* the samples of a bin are summed one after another, ``iy`` outer and ``ix`` inner, each
+  sample adding ``w1*v1 + w2*v2 + w3*v3 + w4*v4``, and the sum is divided by
+  ``max(grid_h * grid_w, 1)``. Half inputs accumulate in float32 and are rounded once,
+  at the end.
+
+``roi_pool`` is torchvision's: corners rounded (half away from zero) after scaling, RoI size
+``max(end - start + 1, 1)``, bins quantised with floor/ceil and clipped to the image, the
+maximum taken with a strict ``>`` starting from ``-FLT_MAX`` (so the first maximum in raster
+order wins), an empty bin giving 0 and argmax -1.
+
+Differences from torchvision that are part of segops' spec, and so of these references:
+
+* a box with a NaN or infinite coordinate (after scaling) is empty: its output rows are 0
+  and it sends no gradient;
+* a batch index outside ``[0, N)`` is an error (``ValueError``);
+* a zero-size feature map gives zeros;
+* roi_pool: a rounded corner beyond ``2**30`` pixels (far outside any feature map) makes the
+  RoI empty instead of overflowing an ``int``.
+
+Features are assumed finite; NaN features are skipped by roi_pool's maximum, as in the
+kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+__all__ = ["roi_align", "roi_pool", "roi_pool_with_argmax", "convert_boxes_to_rois"]
+
+BoxesType = Union[Tensor, Sequence[Tensor]]
+
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+_FLT_MAX = 3.4028234663852886e38
+_POOL_LIMIT = float(1 << 30)
+
+
+def _pair(v: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    if isinstance(v, (list, tuple)):
+        if len(v) != 2:
+            raise ValueError(f"output_size must be an int or a pair of ints, got {v!r}")
+        h, w = int(v[0]), int(v[1])
+    else:
+        h = w = int(v)
+    if h < 0 or w < 0:
+        raise ValueError(f"output_size must be non-negative, got {(h, w)}")
+    return h, w
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the box geometry and of the accumulation."""
+    return torch.float32 if dtype in _HALF_DTYPES else dtype
+
+
+def convert_boxes_to_rois(boxes: BoxesType, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``Tensor[K, 5]`` or ``list[Tensor[L_i, 4]]`` -> ``Tensor[K, 5]`` of ``dtype``."""
+    if isinstance(boxes, Tensor):
+        if boxes.dim() != 2 or boxes.size(1) != 5:
+            raise ValueError(f"boxes must be a Tensor[K, 5], got shape {tuple(boxes.shape)}")
+        return boxes.to(device=device, dtype=dtype)
+    parts = []
+    for i, b in enumerate(boxes):
+        if not isinstance(b, Tensor) or b.dim() != 2 or b.size(1) != 4:
+            shape = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
+            raise ValueError(f"boxes[{i}] must be a Tensor[L, 4], got {shape}")
+        b = b.to(device=device, dtype=dtype)
+        parts.append(torch.cat([torch.full_like(b[:, :1], i), b], dim=1))
+    if not parts:
+        return torch.zeros(0, 5, dtype=dtype, device=device)
+    return torch.cat(parts, dim=0)
+
+
+def _batch_indices(rois: Tensor, batch_size: int) -> List[int]:
+    # C++ reads the index with a truncating float -> int conversion.
+    idx = [int(v) for v in rois[:, 0].tolist()]
+    bad = [i for i in idx if not 0 <= i < batch_size]
+    if bad:
+        raise ValueError(f"boxes: batch index must be in [0, {batch_size}), got {bad[0]}")
+    return idx
+
+
+def _check_input(input: Tensor) -> None:
+    if not input.is_floating_point():
+        raise TypeError(f"input must be a floating point tensor, got {input.dtype}")
+    if input.dim() != 4:
+        raise ValueError(f"input must be a Tensor[N, C, H, W], got shape {tuple(input.shape)}")
+
+
+# --------------------------------------------------------------------------------------
+# roi_align
+# --------------------------------------------------------------------------------------
+
+
+def _axis_samples(start: Tensor, end: Tensor, pooled: int, sampling_ratio: int,
+                  aligned: bool) -> Tuple[Tensor, int]:
+    """Sample positions ``[pooled, grid]`` along one axis, and ``grid``; all in start's dtype."""
+    dt = start.dtype
+    length = end - start
+    if not aligned:
+        length = torch.clamp_min(length, 1.0)  # malformed RoIs are forced to size >= 1
+    pooled_t = torch.tensor(float(pooled), dtype=dt)
+    bin_size = length / pooled_t
+    if sampling_ratio > 0:
+        grid = sampling_ratio
+    else:
+        # An inverted aligned box gives ceil(...) <= 0: no samples along this axis.
+        grid = max(int(math.ceil(float(torch.ceil(length / pooled_t)))), 0)
+    p = torch.arange(pooled, dtype=dt).unsqueeze(1)  # [pooled, 1]
+    i = (torch.arange(grid, dtype=dt) + 0.5).unsqueeze(0)  # [1, grid]
+    grid_t = torch.tensor(float(max(grid, 1)), dtype=dt)
+    # start + p * bin + (i + 0.5) * bin / grid, left to right, each step rounded in dt.
+    pos = (start + p * bin_size) + ((i * bin_size) / grid_t)
+    return pos, grid
+
+
+def _axis_interp(pos: Tensor, size: int):
+    """torchvision's bilinear rule along one axis.
+
+    Returns (valid, lo, hi, w_lo, w_hi) for each position. A position outside
+    ``[-1, size]`` (NaN included) is invalid and gets zero weights on pixel 0.
+    """
+    valid = (pos >= -1.0) & (pos <= float(size))
+    v = torch.where(valid, pos, torch.zeros_like(pos))
+    v = torch.where(v <= 0, torch.zeros_like(v), v)
+    lo = v.to(torch.int64)  # v >= 0: truncation is floor
+    at_edge = lo >= size - 1
+    lo = torch.where(at_edge, torch.full_like(lo, size - 1), lo)
+    hi = torch.where(at_edge, lo, lo + 1)
+    v = torch.where(at_edge, lo.to(v.dtype), v)
+    l = v - lo.to(v.dtype)
+    h = 1.0 - l
+    zero = torch.zeros_like(l)
+    w_lo = torch.where(valid, h, zero)
+    w_hi = torch.where(valid, l, zero)
+    lo = torch.where(valid, lo, torch.zeros_like(lo))
+    hi = torch.where(valid, hi, torch.zeros_like(hi))
+    return valid, lo, hi, w_lo, w_hi
+
+
+def _roi_align_one(feat: Tensor, box: Tensor, scale: Tensor, pooled_h: int, pooled_w: int,
+                   sampling_ratio: int, aligned: bool) -> Tensor:
+    """One RoI over feat[C, H, W] (already in the compute dtype) -> [C, pooled_h, pooled_w]."""
+    C, H, W = feat.shape
+    dt = feat.dtype
+    zeros = feat.new_zeros(C, pooled_h, pooled_w)
+    offset = 0.5 if aligned else 0.0
+    x1, y1, x2, y2 = (box * scale - offset).unbind(0)
+    if not bool(torch.isfinite(torch.stack([x1, y1, x2, y2])).all()) or H == 0 or W == 0:
+        return zeros
+    ys, grid_h = _axis_samples(y1, y2, pooled_h, sampling_ratio, aligned)  # [ph, gh]
+    xs, grid_w = _axis_samples(x1, x2, pooled_w, sampling_ratio, aligned)  # [pw, gw]
+    if grid_h == 0 or grid_w == 0:
+        return zeros
+    count = torch.tensor(float(max(grid_h * grid_w, 1)), dtype=dt)
+
+    vy, ylo, yhi, wylo, wyhi = (t.reshape(-1, 1) for t in _axis_interp(ys.reshape(-1), H))
+    vx, xlo, xhi, wxlo, wxhi = (t.reshape(1, -1) for t in _axis_interp(xs.reshape(-1), W))
+    valid = vy & vx  # [ph*gh, pw*gw]
+    w1, w2, w3, w4 = wylo * wxlo, wylo * wxhi, wyhi * wxlo, wyhi * wxhi
+    v1, v2, v3, v4 = feat[:, ylo, xlo], feat[:, ylo, xhi], feat[:, yhi, xlo], feat[:, yhi, xhi]
+    term = w1 * v1 + w2 * v2 + w3 * v3 + w4 * v4  # [C, ph*gh, pw*gw]
+    term = torch.where(valid, term, torch.zeros_like(term))
+    term = term.reshape(C, pooled_h, grid_h, pooled_w, grid_w).permute(0, 1, 3, 2, 4)
+    term = term.reshape(C, pooled_h, pooled_w, grid_h * grid_w)
+    # Sequential sum over the samples of each bin, iy outer and ix inner, like the kernels.
+    acc = zeros
+    for s in range(grid_h * grid_w):
+        acc = acc + term[..., s]
+    return acc / count
+
+
+def roi_align(input: Tensor, boxes: BoxesType, output_size: Union[int, Tuple[int, int]],
+              spatial_scale: float = 1.0, sampling_ratio: int = -1,
+              aligned: bool = False) -> Tensor:
+    """Reference RoIAlign (torchvision semantics, SPEC §1). Differentiable w.r.t. ``input``.
+
+    Args:
+        input: ``Tensor[N, C, H, W]``, float32/float64/float16/bfloat16.
+        boxes: ``Tensor[K, 5]`` of ``(batch_index, x1, y1, x2, y2)`` or
+            ``list[Tensor[L_i, 4]]``, one per image.
+        output_size: ``int`` or ``(height, width)`` of the pooled output.
+        spatial_scale: multiplies the box coordinates (e.g. 1/16 for stride 16).
+        sampling_ratio: samples per bin and axis; ``<= 0`` means ``ceil(roi_size / pooled)``.
+        aligned: shift the box by -0.5 pixel (pixel centres at ``i + 0.5``).
+
+    Returns:
+        ``Tensor[K, C, output_h, output_w]`` of ``input.dtype``.
+    """
+    _check_input(input)
+    pooled_h, pooled_w = _pair(output_size)
+    dt = _compute_dtype(input.dtype)
+    rois = convert_boxes_to_rois(boxes, dt, input.device)
+    N, C, H, W = input.shape
+    idx = _batch_indices(rois, N)
+    x = input.to(dt)
+    scale = torch.tensor(float(spatial_scale), dtype=dt, device=input.device)
+    if rois.size(0) == 0 or pooled_h == 0 or pooled_w == 0:
+        return x.new_zeros(rois.size(0), C, pooled_h, pooled_w).to(input.dtype)
+    outs = [
+        _roi_align_one(x[b], rois[k, 1:], scale, pooled_h, pooled_w, sampling_ratio, aligned)
+        for k, b in enumerate(idx)
+    ]
+    return torch.stack(outs).to(input.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# roi_pool
+# --------------------------------------------------------------------------------------
+
+
+def _round_half_away(v: Tensor) -> Tensor:
+    """C's round(): halves away from zero (torch.round rounds halves to even)."""
+    t = torch.trunc(v)
+    frac = v - t  # exact
+    return t + torch.sign(v) * (frac.abs() >= 0.5).to(v.dtype)
+
+
+def _pool_bins(start: int, length: int, pooled: int, size: int, dt: torch.dtype):
+    """Pixel ranges [b, e) of the bins along one axis, clipped to [0, size)."""
+    bin_size = torch.tensor(float(length), dtype=dt) / torch.tensor(float(pooled), dtype=dt)
+    p = torch.arange(pooled, dtype=dt)
+    b = torch.floor(p * bin_size).to(torch.int64) + start
+    e = torch.ceil((p + 1) * bin_size).to(torch.int64) + start
+    return b.clamp(0, size).tolist(), e.clamp(0, size).tolist()
+
+
+def _roi_pool_one(feat: Tensor, box: Tensor, scale: Tensor, pooled_h: int, pooled_w: int):
+    C, H, W = feat.shape
+    out = feat.new_zeros(C, pooled_h, pooled_w)
+    arg = torch.full((C, pooled_h, pooled_w), -1, dtype=torch.int64, device=feat.device)
+    corners = _round_half_away(box * scale)
+    if not bool(((corners >= -_POOL_LIMIT) & (corners <= _POOL_LIMIT)).all()):  # NaN too
+        return out, arg
+    x1, y1, x2, y2 = (int(v) for v in corners.tolist())
+    roi_w = max(x2 - x1 + 1, 1)
+    roi_h = max(y2 - y1 + 1, 1)
+    hb, he = _pool_bins(y1, roi_h, pooled_h, H, feat.dtype)
+    wb, we = _pool_bins(x1, roi_w, pooled_w, W, feat.dtype)
+    out_rows, arg_rows = [], []
+    for ph in range(pooled_h):
+        out_row, arg_row = [], []
+        for pw in range(pooled_w):
+            h0, h1, w0, w1 = hb[ph], he[ph], wb[pw], we[pw]
+            if h1 <= h0 or w1 <= w0:
+                out_row.append(feat.new_zeros(C))
+                arg_row.append(torch.full((C,), -1, dtype=torch.int64, device=feat.device))
+                continue
+            region = feat[:, h0:h1, w0:w1].reshape(C, -1)
+            # NaN never compares greater: give it the lowest rank.
+            ranked = torch.where(torch.isnan(region), torch.full_like(region, -math.inf),
+                                 region)
+            best, i = ranked.max(dim=1)  # first maximum in raster order
+            taken = best > -_FLT_MAX  # strict '>' starting from -FLT_MAX
+            value = region.gather(1, i.unsqueeze(1)).squeeze(1)
+            value = torch.where(taken, value, torch.full_like(value, -_FLT_MAX))
+            rw = w1 - w0
+            flat = (h0 + i // rw) * W + (w0 + i % rw)
+            out_row.append(value)
+            arg_row.append(torch.where(taken, flat, torch.full_like(flat, -1)))
+        out_rows.append(torch.stack(out_row, dim=1))  # [C, pw]
+        arg_rows.append(torch.stack(arg_row, dim=1))
+    return torch.stack(out_rows, dim=1), torch.stack(arg_rows, dim=1)
+
+
+def roi_pool_with_argmax(input: Tensor, boxes: BoxesType,
+                         output_size: Union[int, Tuple[int, int]],
+                         spatial_scale: float = 1.0) -> Tuple[Tensor, Tensor]:
+    """Reference RoIPool returning ``(output, argmax)``; argmax is ``h * W + w`` within the
+    plane, -1 where nothing was pooled (like ``torch.ops.segops.roi_pool``)."""
+    _check_input(input)
+    pooled_h, pooled_w = _pair(output_size)
+    dt = _compute_dtype(input.dtype)
+    rois = convert_boxes_to_rois(boxes, dt, input.device)
+    N, C, H, W = input.shape
+    idx = _batch_indices(rois, N)
+    x = input.to(dt)
+    scale = torch.tensor(float(spatial_scale), dtype=dt, device=input.device)
+    K = rois.size(0)
+    if K == 0 or pooled_h == 0 or pooled_w == 0:
+        return (x.new_zeros(K, C, pooled_h, pooled_w).to(input.dtype),
+                torch.full((K, C, pooled_h, pooled_w), -1, dtype=torch.int64,
+                           device=input.device))
+    outs, args = zip(*(_roi_pool_one(x[b], rois[k, 1:], scale, pooled_h, pooled_w)
+                       for k, b in enumerate(idx)))
+    return torch.stack(outs).to(input.dtype), torch.stack(args)
+
+
+def roi_pool(input: Tensor, boxes: BoxesType, output_size: Union[int, Tuple[int, int]],
+             spatial_scale: float = 1.0) -> Tensor:
+    """Reference RoIPool (torchvision semantics, SPEC §1). Differentiable w.r.t. ``input``:
+    each output's gradient goes to its argmax pixel.
+
+    Args:
+        input: ``Tensor[N, C, H, W]``.
+        boxes: ``Tensor[K, 5]`` or ``list[Tensor[L_i, 4]]``.
+        output_size: ``int`` or ``(height, width)``.
+        spatial_scale: multiplies the box coordinates before rounding.
+
+    Returns:
+        ``Tensor[K, C, output_h, output_w]`` of ``input.dtype``.
+    """
+    return roi_pool_with_argmax(input, boxes, output_size, spatial_scale)[0]
