@@ -20,6 +20,16 @@ def check_tensor(t: object, op: str, name: str) -> Tensor:
     return t
 
 
+def check_same_device(op: str, first: str, tensors: dict[str, Tensor]) -> None:
+    """Every tensor in `tensors` must be on the device of `tensors[first]`."""
+    device = tensors[first].device
+    for name, t in tensors.items():
+        if t.device != device:
+            raise ValueError(
+                f"{op}: `{name}` must be on the device of `{first}` ({device}), got {t.device}"
+            )
+
+
 def check_float(t: Tensor, op: str, name: str) -> None:
     if t.dtype not in _FLOATS:
         raise TypeError(

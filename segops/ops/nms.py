@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._registry import check_tensor, fake
+from ._registry import check_same_device, check_tensor, fake
 
 
 def _capacity(value: int | None, op: str, name: str) -> int:
@@ -53,6 +53,7 @@ def nms(
     """
     check_tensor(boxes, "nms", "boxes")
     check_tensor(scores, "nms", "scores")
+    check_same_device("nms", "boxes", {"boxes": boxes, "scores": scores})
     cap = _capacity(max_out, "nms", "max_out")
     keep, count = torch.ops.segops.nms(boxes, scores, float(iou_threshold), cap)
     return keep[: int(count)] if max_out is None else (keep, count)
@@ -70,8 +71,10 @@ def batched_nms(
 
     Args and returns as :func:`nms`; `idxs` is `Tensor[N]` of integers.
     """
-    for name, t in (("boxes", boxes), ("scores", scores), ("idxs", idxs)):
+    tensors = {"boxes": boxes, "scores": scores, "idxs": idxs}
+    for name, t in tensors.items():
         check_tensor(t, "batched_nms", name)
+    check_same_device("batched_nms", "boxes", tensors)
     cap = _capacity(max_out, "batched_nms", "max_out")
     keep, count = torch.ops.segops.batched_nms(boxes, scores, idxs, float(iou_threshold), cap)
     return keep[: int(count)] if max_out is None else (keep, count)
@@ -112,10 +115,12 @@ def fast_nms(
 
     Differences from YOLACT: ties are broken by lower index (YOLACT's sorts are unstable);
     zero-area pairs have IoU 0 (YOLACT: NaN, which suppresses); boxes with non-finite
-    coordinates are dropped with the prefilter.
+    coordinates are dropped with the prefilter. On CUDA, `min(top_k, N)` is limited to
+    4096 candidates per class.
     """
     check_tensor(boxes, "fast_nms", "boxes")
     check_tensor(scores, "fast_nms", "scores")
+    check_same_device("fast_nms", "boxes", {"boxes": boxes, "scores": scores})
     top_k = _nonneg(top_k, "fast_nms", "top_k")
     max_detections = _nonneg(max_detections, "fast_nms", "max_detections")
     idx, cls, sc, count = torch.ops.segops.fast_nms(
@@ -155,8 +160,10 @@ def matrix_nms(
     linear kernel a term whose denominator is 0 (a duplicate of a higher-scored mask) is
     left out of the minimum (SOLOv2: NaN).
     """
-    for name, t in (("masks", masks), ("labels", labels), ("scores", scores)):
+    tensors = {"masks": masks, "labels": labels, "scores": scores}
+    for name, t in tensors.items():
         check_tensor(t, "matrix_nms", name)
+    check_same_device("matrix_nms", "masks", tensors)
     if kernel not in ("gaussian", "linear"):
         raise ValueError(f"matrix_nms: `kernel` must be 'gaussian' or 'linear', got {kernel!r}")
     return torch.ops.segops.matrix_nms(masks, labels, scores, kernel, float(sigma))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._registry import check_float, check_tensor, fake, pair, register_autocast
+from ._registry import check_float, check_same_device, check_tensor, fake, pair, register_autocast
 
 BoxesType = Tensor | Sequence[Tensor]
 
@@ -53,10 +53,7 @@ def _prepare(op: str, input: Tensor, boxes: BoxesType, output_size) -> tuple[Ten
     if isinstance(boxes, (list, tuple)) and len(boxes) == 0:
         rois = rois.to(device=input.device, dtype=input.dtype)
     check_float(rois, op, "boxes")
-    if rois.device != input.device:
-        raise ValueError(
-            f"{op}: `boxes` must be on the input's device {input.device}, got {rois.device}"
-        )
+    check_same_device(op, "input", {"input": input, "boxes": rois})
     h, w = pair(output_size, op, "output_size")
     return rois, h, w
 
