@@ -190,15 +190,14 @@ SEGOPS_HOST_DEVICE RoIAlignGeometry<G> roi_align_geometry(const R* roi, G spatia
   return g;
 }
 
-// Forward: the value of output bin (ph, pw) of one RoI over one input plane [H, W].
-// yi(s) / xi(s) give the interpolation of sample s along each axis (callers may precompute
-// them per RoI and reuse them across channels); the arithmetic is torchvision's.
-template <typename T, typename G, typename A, typename YI, typename XI>
-SEGOPS_HOST_DEVICE A roi_align_bin(const T* plane, const RoIAlignGeometry<G>& g, int64_t ph,
-                                   int64_t pw, YI&& yi, XI&& xi) {
-  A acc = A(0);
-  if (g.empty) return acc;
-  const int64_t W = g.x.size;
+// Calls fn(a, c) with the y and x interpolations of every valid sample of bin (ph, pw),
+// iy outer and ix inner (torchvision's order). yi(s) / xi(s) give sample s's
+// interpolation along each axis: callers may precompute them per RoI and reuse them across
+// channels.
+template <typename G, typename YI, typename XI, typename Fn>
+SEGOPS_HOST_DEVICE void roi_align_bin_samples(const RoIAlignGeometry<G>& g, int64_t ph,
+                                              int64_t pw, YI&& yi, XI&& xi, Fn&& fn) {
+  if (g.empty) return;
   const int64_t iy0 = max_(ph * g.y.grid, g.y.first), iy1 = min_((ph + 1) * g.y.grid, g.y.last);
   const int64_t ix0 = max_(pw * g.x.grid, g.x.first), ix1 = min_((pw + 1) * g.x.grid, g.x.last);
   for (int64_t sy = iy0; sy < iy1; ++sy) {
@@ -206,23 +205,38 @@ SEGOPS_HOST_DEVICE A roi_align_bin(const T* plane, const RoIAlignGeometry<G>& g,
     if (!a.valid) continue;
     for (int64_t sx = ix0; sx < ix1; ++sx) {
       const Interp1D<G> c = xi(sx);
-      if (!c.valid) continue;
-      const G w1 = a.wlo * c.wlo, w2 = a.wlo * c.whi, w3 = a.whi * c.wlo, w4 = a.whi * c.whi;
-      acc += w1 * static_cast<A>(plane[a.lo * W + c.lo]) +
-             w2 * static_cast<A>(plane[a.lo * W + c.hi]) +
-             w3 * static_cast<A>(plane[a.hi * W + c.lo]) +
-             w4 * static_cast<A>(plane[a.hi * W + c.hi]);
+      if (c.valid) fn(a, c);
     }
   }
+}
+
+// The interpolations computed on the fly (the CUDA kernels' choice).
+template <typename G>
+struct OnTheFly {
+  const RoIAxis<G>& axis;
+  SEGOPS_HOST_DEVICE Interp1D<G> operator()(int64_t s) const { return axis.interp(axis.pos(s)); }
+};
+
+// Forward: the value of output bin (ph, pw) of one RoI over one input plane [H, W].
+template <typename T, typename G, typename A, typename YI, typename XI>
+SEGOPS_HOST_DEVICE A roi_align_bin(const T* plane, const RoIAlignGeometry<G>& g, int64_t ph,
+                                   int64_t pw, YI&& yi, XI&& xi) {
+  A acc = A(0);
+  const int64_t W = g.x.size;
+  roi_align_bin_samples(g, ph, pw, yi, xi, [&](const Interp1D<G>& a, const Interp1D<G>& c) {
+    const G w1 = a.wlo * c.wlo, w2 = a.wlo * c.whi, w3 = a.whi * c.wlo, w4 = a.whi * c.whi;
+    acc += w1 * static_cast<A>(plane[a.lo * W + c.lo]) +
+           w2 * static_cast<A>(plane[a.lo * W + c.hi]) +
+           w3 * static_cast<A>(plane[a.hi * W + c.lo]) +
+           w4 * static_cast<A>(plane[a.hi * W + c.hi]);
+  });
   return acc / static_cast<A>(g.count);
 }
 
 template <typename T, typename G, typename A = acc_t<T>>
 SEGOPS_HOST_DEVICE A roi_align_bin(const T* plane, const RoIAlignGeometry<G>& g, int64_t ph,
                                    int64_t pw) {
-  return roi_align_bin<T, G, A>(
-      plane, g, ph, pw, [&](int64_t s) { return g.y.interp(g.y.pos(s)); },
-      [&](int64_t s) { return g.x.interp(g.x.pos(s)); });
+  return roi_align_bin<T, G, A>(plane, g, ph, pw, OnTheFly<G>{g.y}, OnTheFly<G>{g.x});
 }
 
 // One sample's share of an output gradient, as torchvision computes it: grad * w / count.
@@ -233,34 +247,23 @@ SEGOPS_HOST_DEVICE A roi_align_grad_term(A grad, G w, G count) {
 
 // Scatter form of the backward for one output bin: calls add(pixel_offset, value) for the
 // four neighbours of every sample, in torchvision's order. Used by the CPU kernel and the
-// atomic CUDA kernel; yi / xi as in roi_align_bin.
+// atomic CUDA kernel; yi / xi as in roi_align_bin_samples.
 template <typename G, typename A, typename Add, typename YI, typename XI>
 SEGOPS_HOST_DEVICE void roi_align_bin_scatter(const RoIAlignGeometry<G>& g, int64_t ph,
                                               int64_t pw, A grad, Add&& add, YI&& yi, XI&& xi) {
-  if (g.empty) return;
   const int64_t W = g.x.size;
-  const int64_t iy0 = max_(ph * g.y.grid, g.y.first), iy1 = min_((ph + 1) * g.y.grid, g.y.last);
-  const int64_t ix0 = max_(pw * g.x.grid, g.x.first), ix1 = min_((pw + 1) * g.x.grid, g.x.last);
-  for (int64_t sy = iy0; sy < iy1; ++sy) {
-    const Interp1D<G> a = yi(sy);
-    if (!a.valid) continue;
-    for (int64_t sx = ix0; sx < ix1; ++sx) {
-      const Interp1D<G> c = xi(sx);
-      if (!c.valid) continue;
-      add(a.lo * W + c.lo, roi_align_grad_term(grad, a.wlo * c.wlo, g.count));
-      add(a.lo * W + c.hi, roi_align_grad_term(grad, a.wlo * c.whi, g.count));
-      add(a.hi * W + c.lo, roi_align_grad_term(grad, a.whi * c.wlo, g.count));
-      add(a.hi * W + c.hi, roi_align_grad_term(grad, a.whi * c.whi, g.count));
-    }
-  }
+  roi_align_bin_samples(g, ph, pw, yi, xi, [&](const Interp1D<G>& a, const Interp1D<G>& c) {
+    add(a.lo * W + c.lo, roi_align_grad_term(grad, a.wlo * c.wlo, g.count));
+    add(a.lo * W + c.hi, roi_align_grad_term(grad, a.wlo * c.whi, g.count));
+    add(a.hi * W + c.lo, roi_align_grad_term(grad, a.whi * c.wlo, g.count));
+    add(a.hi * W + c.hi, roi_align_grad_term(grad, a.whi * c.whi, g.count));
+  });
 }
 
 template <typename G, typename A, typename Add>
 SEGOPS_HOST_DEVICE void roi_align_bin_scatter(const RoIAlignGeometry<G>& g, int64_t ph,
                                               int64_t pw, A grad, Add&& add) {
-  roi_align_bin_scatter(
-      g, ph, pw, grad, add, [&](int64_t s) { return g.y.interp(g.y.pos(s)); },
-      [&](int64_t s) { return g.x.interp(g.x.pos(s)); });
+  roi_align_bin_scatter(g, ph, pw, grad, add, OnTheFly<G>{g.y}, OnTheFly<G>{g.x});
 }
 
 // Gather form of the backward: calls fn(bin, w) for every sample of the RoI that puts
