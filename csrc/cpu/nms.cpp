@@ -34,26 +34,26 @@ std::vector<Box<G>> load_boxes(const at::Tensor& boxes) {
   return out;
 }
 
-// Greedy NMS over boxes in rank order: keep[i] = 1 for the kept ones.
-// IoU (in G) is compared with the threshold in double, as torchvision's kernels do.
+// Greedy NMS over boxes in rank order: keep[i] = 1 for the kept ones. The candidates
+// still alive are kept compacted in rank order, so each kept box only visits the boxes that
+// survived every earlier one. IoU (in G) is compared with the threshold in double, as
+// torchvision's kernels do.
 template <typename G>
 void greedy_nms(const Box<G>* b, int64_t n, double threshold, char* keep) {
   std::vector<G> area(n);
   for (int64_t i = 0; i < n; ++i) area[i] = box_area(b[i]);
-  std::vector<char> suppressed(n, 0);
-  for (int64_t i = 0; i < n; ++i) {
-    if (suppressed[i]) continue;
+  std::vector<int64_t> alive(n);
+  std::iota(alive.begin(), alive.end(), int64_t(0));
+  for (size_t head = 0; head < alive.size(); ++head) {
+    const int64_t i = alive[head];
     keep[i] = 1;
-    auto sweep = [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j)
-        if (!suppressed[j] &&
-            static_cast<double>(box_iou(b[i], area[i], b[j], area[j])) > threshold)
-          suppressed[j] = 1;
-    };
-    if (n - i > 65536)
-      at::parallel_for(i + 1, n, 16384, sweep);
-    else
-      sweep(i + 1, n);
+    size_t out = head + 1;
+    for (size_t r = head + 1; r < alive.size(); ++r) {
+      const int64_t j = alive[r];
+      if (!(static_cast<double>(box_iou(b[i], area[i], b[j], area[j])) > threshold))
+        alive[out++] = j;
+    }
+    alive.resize(out);
   }
 }
 
