@@ -42,7 +42,9 @@ def extension():
         os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern))
     )
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
-    cxx = ["-O3", "-g0"]
+    # -fno-trapping-math lets GCC if-convert (and so vectorise) float selects; it assumes FP
+    # exceptions are masked, as they are under PyTorch, and changes no value.
+    cxx = ["-O3", "-g0", "-fno-trapping-math"]
     # No -std here: torch's own flags pick it (C++17 for torch 2.11, C++20 for 2.13).
     if not want_cuda():
         return cpp_extension.CppExtension(

@@ -14,16 +14,21 @@ CUDA), and ``ratio`` is ``impl_time / segops_time`` for the same case: above 1 m
 faster. Case names say what is timed: ``fwd`` is the forward call; ``bwd-only`` is
 ``torch.autograd.grad(out, input, grad, retain_graph=True)`` on a forward computed once
 beforehand (the forward is not in the timing). ``calls`` is how many calls the median is
-over. Outputs (or gradients) of every implementation are compared with segops' and any
+over. Outputs (or gradients) of every implementation are compared with segops' (integer
+outputs, and every output of an ``exact`` case such as NMS indices, must be equal) and any
 mismatch is printed as a note under the table.
 
-The pure-PyTorch reference loops over RoIs in Python: at full sizes it is timed with a single
-call, and only on forward cases unless ``--reference all`` (its backward takes minutes per
-call on CPU). ``--deterministic`` adds ``segops-deterministic`` rows to backward cases:
-the same backward under ``torch.use_deterministic_algorithms(True)``.
+The pure-PyTorch reference loops in Python (over RoIs, over kept boxes): a call over 2 s is
+timed once, and by default at full sizes only forward cases time it (``--reference all``:
+its RoI backward takes minutes per call on CPU). ``--deterministic`` adds
+``segops-deterministic`` rows to backward cases: the same backward under
+``torch.use_deterministic_algorithms(True)``. ``segops-padded`` rows time the sync-free
+(fixed-size, padded) form of an op where it has one.
 
-Adding an op family: write a function that registers its cases with ``register(...)`` (see
-``_register_roi_cases``); each case's ``setup(ctx)`` builds its inputs and returns
+The cases live in ``benchmarks/cases/``, one module per op family (``roi.py``, ``nms.py``),
+with the registry (``registry.py``) and shared input builders (``inputs.py``). Adding a
+family: a module whose ``register_cases()`` calls ``register(...)`` per case, listed in
+``cases/__init__.py``; each case's ``setup(ctx)`` builds its inputs and returns
 ``{impl_name: zero-arg callable}`` (or a ``Fn`` for per-impl options). The runner does the
 rest: timing, ratios, cross-checking outputs against segops, the table, JSON and Markdown.
 """
@@ -34,7 +39,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
-import functools
 import gc
 import json
 import math
@@ -44,17 +48,24 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.utils.benchmark as tbench
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(BENCH_DIR)
+if BENCH_DIR not in sys.path:  # imported rather than run as a script
+    sys.path.insert(0, BENCH_DIR)
+
+# The case registry and every family's cases (benchmarks/cases/); re-exported from here.
+from cases import CASES, Case, Ctx, Fn, register, resolve_names  # noqa: E402,F401
+from cases.registry import compare, count_differences, shapes, tolerance  # noqa: E402
 
 # Fixed order of implementations within a case; unknown names sort after these.
-IMPL_ORDER = ("segops", "segops-deterministic", "torchvision", "reference")
+IMPL_ORDER = ("segops", "segops-padded", "segops-deterministic", "torchvision", "reference")
 # Implementations that belong to this project: their failure fails the run (exit code 1).
-OWN_IMPLS = ("segops", "segops-deterministic", "reference")
+OWN_IMPLS = ("segops", "segops-padded", "segops-deterministic", "reference")
 
 
 # --------------------------------------------------------------------------------------
@@ -85,217 +96,6 @@ def _import_torchvision():
 
 
 # --------------------------------------------------------------------------------------
-# Case registry
-# --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Fn:
-    """A timed callable plus per-implementation options.
-
-    Give either ``call`` (the zero-arg callable to time) or ``prepare`` (a zero-arg function
-    returning it, run just before this implementation is timed and dropped right after: for
-    state that is costly to hold, like the autograd graph of a forward pass).
-    """
-
-    call: Optional[Callable[[], Any]] = None
-    deterministic: Optional[bool] = None  # None: leave torch's setting alone
-    prepare: Optional[Callable[[], Callable[[], Any]]] = None
-
-
-@dataclasses.dataclass
-class Ctx:
-    """What a case's setup needs to know to build its inputs."""
-
-    device: torch.device
-    dtype: torch.dtype
-    quick: bool
-    deterministic: bool  # add "segops-deterministic" rows where they make sense
-    impls: Sequence[str]  # implementations requested (after availability filtering)
-    segops: Any
-    torchvision: Any  # module or None
-
-    def wants(self, impl: str) -> bool:
-        return impl in self.impls
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One row group of the table. ``name`` may be a function of the Ctx (sizes differ with
-    --quick); ``resolve_names`` turns it into a string before anything else looks at it."""
-
-    op: str
-    name: Union[str, Callable[[Ctx], str]]
-    setup: Callable[[Ctx], Dict[str, Any]]
-    backward: bool = False  # times a backward pass (see --reference)
-    params: Dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return f"{self.op} {self.name}"
-
-
-CASES: List[Case] = []
-
-
-def register(op: str, name, setup: Callable[[Ctx], Dict[str, Any]], backward: bool = False,
-             **params) -> None:
-    CASES.append(Case(op=op, name=name, setup=setup, backward=backward, params=params))
-
-
-def resolve_names(cases: List[Case], ctx: Ctx) -> List[Case]:
-    return [dataclasses.replace(c, name=c.name(ctx)) if callable(c.name) else c for c in cases]
-
-
-# --------------------------------------------------------------------------------------
-# Shared input builders
-# --------------------------------------------------------------------------------------
-
-
-def random_boxes(
-    num: int,
-    image_hw=(800, 1216),
-    size_range=(16.0, 600.0),
-    batch_size: int = 1,
-    seed: int = 0,
-) -> torch.Tensor:
-    """Detector-like RoIs as a [num, 5] float64 CPU tensor (batch_index, x1, y1, x2, y2).
-
-    Widths and heights are log-uniform in ``size_range`` pixels (independently), each box lies
-    inside the image, and batch indices are spread evenly over ``batch_size`` images.
-    """
-    g = torch.Generator().manual_seed(seed)
-    img_h, img_w = image_hw
-    lo, hi = math.log(size_range[0]), math.log(size_range[1])
-    w = torch.exp(torch.empty(num, dtype=torch.float64).uniform_(lo, hi, generator=g))
-    h = torch.exp(torch.empty(num, dtype=torch.float64).uniform_(lo, hi, generator=g))
-    w = w.clamp(max=img_w)
-    h = h.clamp(max=img_h)
-    x1 = torch.rand(num, dtype=torch.float64, generator=g) * (img_w - w)
-    y1 = torch.rand(num, dtype=torch.float64, generator=g) * (img_h - h)
-    idx = torch.arange(num, dtype=torch.float64) * batch_size // num
-    return torch.stack([idx, x1, y1, x1 + w, y1 + h], dim=1)
-
-
-def random_features(shape, ctx: Ctx, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=torch.float32).to(ctx.device, ctx.dtype)
-
-
-def backward_only(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, seed: int = 2):
-    """Run ``forward`` once on a grad-requiring copy of ``x``; return a callable timing only
-    the backward: ``torch.autograd.grad(out, x, grad, retain_graph=True)``. Use it as
-    ``Fn(prepare=lambda: backward_only(...))`` so the graph lives only while it is timed."""
-    x = x.detach().requires_grad_(True)
-    out = forward(x)
-    g = torch.Generator().manual_seed(seed)
-    grad = torch.randn(out.shape, generator=g, dtype=torch.float32).to(out.device, out.dtype)
-
-    def call():
-        return torch.autograd.grad(out, x, grad, retain_graph=True)
-
-    return call
-
-
-# --------------------------------------------------------------------------------------
-# roi family: roi_align, roi_pool
-# --------------------------------------------------------------------------------------
-
-
-def _roi_op_impls(ctx: Ctx, op: str) -> Dict[str, Callable]:
-    """{impl name: roi op function} for the requested and importable implementations."""
-    fns = {}
-    if ctx.wants("segops"):
-        fns["segops"] = getattr(ctx.segops, op)
-    if ctx.wants("torchvision") and ctx.torchvision is not None:
-        fns["torchvision"] = getattr(ctx.torchvision.ops, op)
-    if ctx.wants("reference"):
-        fns["reference"] = getattr(ctx.segops.reference, op)
-    return fns
-
-
-# FPN levels of an 800x1216 Mask R-CNN input: name -> stride.
-_FPN_LEVELS = {"P2": 4, "P4": 16}
-
-
-def _roi_sizes(ctx: Ctx, level: str) -> Dict[str, Any]:
-    """Sizes for one FPN level: full Mask R-CNN sizes, or tiny ones with --quick."""
-    stride = _FPN_LEVELS[level]
-    if ctx.quick:
-        # A quarter-size image: P2 is 50x76, P4 is 13x19; 32 RoIs, 16 channels.
-        image_hw, size_range, num_rois, channels = (200, 304), (4.0, 150.0), 32, 16
-    else:
-        image_hw, size_range, num_rois, channels = (800, 1216), (16.0, 600.0), 1000, 256
-    feat_hw = (math.ceil(image_hw[0] / stride), math.ceil(image_hw[1] / stride))
-    return dict(shape=(1, channels, *feat_hw), spatial_scale=1.0 / stride, image_hw=image_hw,
-                size_range=size_range, num_rois=num_rois)
-
-
-def _roi_case_name(level: str, out: int, extra: str, pass_: str) -> Callable[[Ctx], str]:
-    def name(ctx: Ctx) -> str:
-        sz = _roi_sizes(ctx, level)
-        _, c, h, w = sz["shape"]
-        return f"{level} {h}x{w} C{c} K{sz['num_rois']} out{out}{extra} {pass_}"
-
-    return name
-
-
-def _make_roi_setup(op: str, level: str, out: int, kwargs: Dict[str, Any], backward: bool):
-    def setup(ctx: Ctx) -> Dict[str, Any]:
-        sz = _roi_sizes(ctx, level)
-        boxes = random_boxes(sz["num_rois"], sz["image_hw"], sz["size_range"])
-        boxes = boxes.to(ctx.device, ctx.dtype)
-        x = random_features(sz["shape"], ctx)
-        scale = sz["spatial_scale"]
-        impls: Dict[str, Any] = {}
-        for name, fn in _roi_op_impls(ctx, op).items():
-
-            def fwd(inp, fn=fn):
-                return fn(inp, boxes, out, spatial_scale=scale, **kwargs)
-
-            if backward:
-                prep = functools.partial(backward_only, fwd, x)
-                if name == "segops" and ctx.deterministic:
-                    impls["segops"] = Fn(prepare=prep, deterministic=False)
-                    impls["segops-deterministic"] = Fn(prepare=prep, deterministic=True)
-                else:
-                    impls[name] = Fn(prepare=prep)
-            else:
-                impls[name] = lambda fwd=fwd: fwd(x)
-        return impls
-
-    return setup
-
-
-def _register_roi_cases() -> None:
-    """Mask R-CNN RoI heads: 1000 RoIs on P2 (1/4) and P4 (1/16) of an 800x1216 image."""
-    for level in ("P2", "P4"):
-        for out in (7, 14):
-            # torchvision style (sampling_ratio=2, aligned=False) and
-            # detectron2 style (adaptive sampling_ratio=0, aligned=True).
-            for sr, aligned in ((2, False), (0, True)):
-                kwargs = dict(sampling_ratio=sr, aligned=aligned)
-                extra = f" sr{sr}" + (" aligned" if aligned else "")
-                for pass_ in ("fwd", "bwd-only"):
-                    register(
-                        "roi_align",
-                        _roi_case_name(level, out, extra, pass_),
-                        _make_roi_setup("roi_align", level, out, kwargs, pass_ != "fwd"),
-                        backward=pass_ != "fwd", level=level, output_size=out, **kwargs,
-                    )
-    for level in ("P2", "P4"):
-        register(
-            "roi_pool",
-            _roi_case_name(level, 7, "", "fwd"),
-            _make_roi_setup("roi_pool", level, 7, {}, False),
-            level=level, output_size=7,
-        )
-
-
-_register_roi_cases()
-
-
-# --------------------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------------------
 
@@ -317,6 +117,15 @@ def _deterministic(mode: Optional[bool]):
         yield
     finally:
         torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
+def warm_up_torch() -> None:
+    """Pay torch's one-time costs before anything is timed: the first
+    ``torch.autograd.grad`` with explicit grad_outputs imports
+    ``torch.fx.experimental.symbolic_shapes`` (~1 s), which would land in the first
+    ``bwd-only`` sample (a single-call one with --quick)."""
+    x = torch.ones(1, requires_grad=True)
+    torch.autograd.grad(x * 2, x, torch.ones(1))
 
 
 SINGLE_CALL_S = 2.0  # a first call this slow is not repeated (0.1 s with --quick)
@@ -363,38 +172,6 @@ def measure(fn: Callable[[], Any], device: torch.device, min_run_time: float,
     runs = max(1, min(10, int(min_run_time / estimate)))
     times = [second] + [timer.timeit(1).median for _ in range(runs - 1)]
     return Timing(statistics.median(times), runs, output)
-
-
-def _flatten_tensors(x) -> List[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, (list, tuple)):
-        return [t for item in x for t in _flatten_tensors(item)]
-    if isinstance(x, dict):
-        return [t for v in x.values() for t in _flatten_tensors(v)]
-    return []
-
-
-def compare(a, b) -> Optional[float]:
-    """Largest |a - b| relative to max(1, max|b|) over matching tensors; None if incomparable."""
-    ta, tb = _flatten_tensors(a), _flatten_tensors(b)
-    if not ta or len(ta) != len(tb) or any(x.shape != y.shape for x, y in zip(ta, tb)):
-        return None
-    worst = 0.0
-    for x, y in zip(ta, tb):
-        if x.numel() == 0:
-            continue
-        x, y = x.detach().double(), y.detach().double()
-        if x.dtype.is_floating_point:
-            both_nan = torch.isnan(x) & torch.isnan(y)
-            diff = (x - y).abs().masked_fill(both_nan, 0).nan_to_num(nan=math.inf)
-            scale = max(1.0, float(y.abs().nan_to_num(nan=0).max()))
-            worst = max(worst, float(diff.max()) / scale)
-    return worst
-
-
-def _check_tolerance(dtype: torch.dtype) -> float:
-    return {torch.float16: 1e-2, torch.bfloat16: 5e-2, torch.float64: 1e-9}.get(dtype, 1e-3)
 
 
 # --------------------------------------------------------------------------------------
@@ -625,6 +402,8 @@ def run_case(case: Case, ctx: Ctx, args) -> tuple:
             with _deterministic(fn.deterministic):
                 t = measure(call, ctx.device, mrt, 0.1 if ctx.quick else SINGLE_CALL_S)
             del call
+            if fn.output is not None:
+                t.output = fn.output(t.output)
             timings[name] = t
             row["median_ms"] = t.median_s * 1e3
             row["calls"] = t.calls
@@ -636,7 +415,7 @@ def run_case(case: Case, ctx: Ctx, args) -> tuple:
         print(f"  {case.key} [{name}]: {shown}", file=sys.stderr, flush=True)
 
     seg = timings.get("segops")
-    tol = _check_tolerance(ctx.dtype)
+    tol = tolerance(case, ctx.dtype)
     for row in rows:
         t = timings.get(row["impl"])
         if seg is None or t is None:
@@ -647,7 +426,11 @@ def run_case(case: Case, ctx: Ctx, args) -> tuple:
             finite = diff is None or math.isfinite(diff)
             row["max_rel_diff_vs_segops"] = diff if finite else str(diff)  # JSON has no inf
             if diff is None:
-                notes.append(f"{case.key} [{row['impl']}]: output not comparable with segops")
+                notes.append(f"{case.key} [{row['impl']}]: output not comparable with segops "
+                             f"(shapes {shapes(t.output)} vs {shapes(seg.output)})")
+            elif case.exact and diff != 0:
+                notes.append(f"{case.key} [{row['impl']}]: differs from segops (exact case: "
+                             f"{count_differences(t.output, seg.output)})")
             elif not diff <= tol:
                 notes.append(f"{case.key} [{row['impl']}]: differs from segops, "
                              f"max |diff| / max(1, max|out|) = {diff:.3g} > {tol:g}")
@@ -665,7 +448,7 @@ def main(argv=None) -> int:
 
     segops = _import_segops()
     tv = _import_torchvision()
-    available = ["segops", "reference"] + (["torchvision"] if tv is not None else [])
+    available = ["segops", "segops-padded", "reference"] + (["torchvision"] if tv else [])
     if args.deterministic:
         available.append("segops-deterministic")
     if args.impls:
@@ -699,6 +482,7 @@ def main(argv=None) -> int:
           f"impls {', '.join(sorted(impls, key=_impl_rank))}, {len(cases)} cases",
           file=sys.stderr, flush=True)
 
+    warm_up_torch()
     t_start = time.perf_counter()
     rows: List[Dict[str, Any]] = []
     notes: List[str] = []

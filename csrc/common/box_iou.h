@@ -32,13 +32,21 @@ SEGOPS_HOST_DEVICE G box_area(const Box<G>& b) {
 // inter / (area_a + area_b - inter), torchvision's order of operations; a pair whose union
 // is not positive (zero-area boxes) has IoU 0 rather than NaN.
 template <typename G>
-SEGOPS_HOST_DEVICE G box_iou(const Box<G>& a, G area_a, const Box<G>& b, G area_b) {
-  const G w = max_(min_(a.x2, b.x2) - max_(a.x1, b.x1), G(0));
-  const G h = max_(min_(a.y2, b.y2) - max_(a.y1, b.y1), G(0));
+SEGOPS_HOST_DEVICE G box_iou(G ax1, G ay1, G ax2, G ay2, G area_a, G bx1, G by1, G bx2, G by2,
+                             G area_b) {
+  const G w = max_(min_(ax2, bx2) - max_(ax1, bx1), G(0));
+  const G h = max_(min_(ay2, by2) - max_(ay1, by1), G(0));
   const G inter = w * h;
-  if (inter == G(0)) return G(0);  // the value the division gives; most pairs are disjoint
   const G uni = area_a + area_b - inter;
-  return uni > G(0) ? inter / uni : G(0);
+  // Branch-free (the division always runs, on a safe denominator), so that loops over
+  // candidates vectorise; the value is inter / uni, or 0.
+  const G q = inter / (uni > G(0) ? uni : G(1));
+  return uni > G(0) ? q : G(0);
+}
+
+template <typename G>
+SEGOPS_HOST_DEVICE G box_iou(const Box<G>& a, G area_a, const Box<G>& b, G area_b) {
+  return box_iou(a.x1, a.y1, a.x2, a.y2, area_a, b.x1, b.y1, b.x2, b.y2, area_b);
 }
 
 template <typename G>
@@ -46,17 +54,24 @@ SEGOPS_HOST_DEVICE G box_iou(const Box<G>& a, const Box<G>& b) {
   return box_iou(a, box_area(a), b, box_area(b));
 }
 
-// Fast NMS (YOLACT): box j is kept iff its IoU with every higher-ranked box i < j,
-// suppressed or not, is <= threshold -- i.e. the column max of the upper-triangular IoU
-// matrix is <= threshold; the scan stops at the first IoU above it. `boxes` are one class's
-// candidates in rank order, `area` their areas.
+// One class's Fast NMS candidates in rank order, as structure of arrays.
 template <typename G>
-SEGOPS_HOST_DEVICE bool fast_nms_keep(const Box<G>* boxes, const G* area, int64_t j,
-                                      G threshold) {
-  const Box<G> bj = boxes[j];
+struct BoxColumns {
+  const G *x1, *y1, *x2, *y2, *area;
+};
+
+// Fast NMS (YOLACT): box j is kept iff its IoU with every higher-ranked box i < j,
+// suppressed or not, is <= threshold -- the column max of the upper-triangular IoU matrix.
+// OR-ing "IoU above the threshold" over i decides the same and vectorises (a 32-bit flag:
+// 64-bit lanes would halve the vector width).
+template <typename G>
+SEGOPS_HOST_DEVICE bool fast_nms_keep(const BoxColumns<G>& b, int64_t j, G threshold) {
+  const G x1 = b.x1[j], y1 = b.y1[j], x2 = b.x2[j], y2 = b.y2[j], area = b.area[j];
+  uint32_t above = 0;
   for (int64_t i = 0; i < j; ++i)
-    if (box_iou(boxes[i], area[i], bj, area[j]) > threshold) return false;
-  return true;
+    above |= box_iou(b.x1[i], b.y1[i], b.x2[i], b.y2[i], b.area[i], x1, y1, x2, y2, area) >
+             threshold;
+  return above == 0;
 }
 
 // Matrix NMS (SOLOv2) decay of mask j, given IoUs with the higher-scored masks, the same-class

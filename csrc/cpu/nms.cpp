@@ -10,6 +10,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <functional>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -137,31 +139,86 @@ struct Detection {
   int64_t cls, rank, anchor;
 };
 
-// The first `d` of `cand` by (score descending, index ascending): a stable sort's prefix.
-void top_d(std::vector<std::pair<double, int64_t>>& cand, int64_t d) {
-  auto before = [](const std::pair<double, int64_t>& a, const std::pair<double, int64_t>& b) {
+// Fast NMS over one class's ranked candidates: appends the kept ones to `out`.
+// The first `d` prefiltered anchors (pre[n] != 0) by (score descending, index ascending) --
+// a stable sort's prefix -- as (score, anchor) pairs in that order. A buffer is cut back to
+// its best d whenever it holds 2d; from then on only scores above the d-th best can enter
+// (anchors come in index order, so an equal score loses its tie), and blocks with none are
+// skipped by a vectorised test. O(n).
+template <typename V>
+std::vector<std::pair<double, int64_t>> top_d(const V* v, const uint8_t* pre, int64_t n,
+                                              int64_t d) {
+  using Entry = std::pair<double, int64_t>;
+  auto better = [](const Entry& a, const Entry& b) {
     return a.first != b.first ? a.first > b.first : a.second < b.second;
   };
-  if (d < static_cast<int64_t>(cand.size()))
-    std::nth_element(cand.begin(), cand.begin() + d, cand.end(), before);
-  cand.resize(d);
-  std::sort(cand.begin(), cand.end(), before);
+  std::vector<Entry> buf;
+  if (d <= 0) return buf;
+  buf.reserve(2 * d);
+  const auto full = [&] { return static_cast<int64_t>(buf.size()) >= 2 * d; };
+  int64_t k = 0;
+  for (; k < n && !full(); ++k)
+    if (pre[k]) buf.emplace_back(static_cast<double>(v[k]), k);
+  constexpr int64_t kBlock = 256;
+  while (k < n) {
+    std::nth_element(buf.begin(), buf.begin() + (d - 1), buf.end(), better);
+    buf.resize(d);
+    const V cut = static_cast<V>(buf[d - 1].first);  // exact: it is one of the values
+    while (k < n && !full()) {
+      const int64_t e = std::min(n, k + kBlock);
+      uint32_t any = 0;
+      for (int64_t i = k; i < e; ++i) any |= pre[i] & static_cast<uint32_t>(v[i] > cut);
+      if (!any) {
+        k = e;
+        continue;
+      }
+      for (; k < e && !full(); ++k)
+        if (pre[k] && v[k] > cut) buf.emplace_back(static_cast<double>(v[k]), k);
+    }
+  }
+  if (static_cast<int64_t>(buf.size()) > d) {
+    std::nth_element(buf.begin(), buf.begin() + (d - 1), buf.end(), better);
+    buf.resize(d);
+  }
+  std::sort(buf.begin(), buf.end(), better);
+  return buf;
 }
 
-// Fast NMS over one class's ranked candidates: appends the kept ones to `out`.
+// Keep flags of one class's ranked candidates. x86-64 builds also get an AVX2 clone, picked
+// at load time where the CPU has it (AVX2 without FMA: the same IEEE operations, twice the
+// lanes).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SEGOPS_AVX2_CLONE __attribute__((target_clones("avx2", "default")))
+#else
+#define SEGOPS_AVX2_CLONE
+#endif
+SEGOPS_AVX2_CLONE void fast_nms_keep_flags(const BoxColumns<float>& b, int64_t d, float t,
+                                           char* keep) {
+  for (int64_t j = 0; j < d; ++j) keep[j] = fast_nms_keep(b, j, t);
+}
+SEGOPS_AVX2_CLONE void fast_nms_keep_flags(const BoxColumns<double>& b, int64_t d, double t,
+                                           char* keep) {
+  for (int64_t j = 0; j < d; ++j) keep[j] = fast_nms_keep(b, j, t);
+}
+
 template <typename G>
-void fast_nms_class(const std::vector<Box<G>>& box, std::vector<std::pair<double, int64_t>>& cand,
-                    int64_t d, int64_t cls, double iou_threshold, double score_threshold,
-                    bool second_threshold, std::vector<Detection>& out) {
-  top_d(cand, d);
-  std::vector<Box<G>> ranked(cand.size());
-  std::vector<G> area(cand.size());
-  for (size_t r = 0; r < cand.size(); ++r) {
-    ranked[r] = box[cand[r].second];
-    area[r] = box_area(ranked[r]);
+void fast_nms_class(const std::vector<Box<G>>& box,
+                    const std::vector<std::pair<double, int64_t>>& cand, int64_t cls,
+                    double iou_threshold, double score_threshold, bool second_threshold,
+                    std::vector<Detection>& out) {
+  const int64_t d = cand.size();
+  std::vector<G> cols(5 * d);
+  for (int64_t r = 0; r < d; ++r) {
+    const Box<G>& b = box[cand[r].second];
+    cols[r] = b.x1, cols[d + r] = b.y1, cols[2 * d + r] = b.x2, cols[3 * d + r] = b.y2;
+    cols[4 * d + r] = box_area(b);
   }
-  for (int64_t r = 0; r < static_cast<int64_t>(cand.size()); ++r) {
-    if (!fast_nms_keep(ranked.data(), area.data(), r, static_cast<G>(iou_threshold))) continue;
+  const BoxColumns<G> ranked{cols.data(), cols.data() + d, cols.data() + 2 * d,
+                             cols.data() + 3 * d, cols.data() + 4 * d};
+  std::vector<char> keep(d);
+  fast_nms_keep_flags(ranked, d, static_cast<G>(iou_threshold), keep.data());
+  for (int64_t r = 0; r < d; ++r) {
+    if (!keep[r]) continue;
     if (second_threshold && !(cand[r].first > score_threshold)) continue;
     out.push_back({cand[r].first, cls, r, cand[r].second});
   }
@@ -175,37 +232,41 @@ std::vector<Detection> fast_nms_impl(const at::Tensor& boxes, const S* s, int64_
   const std::vector<Box<G>> box = load_boxes<G>(boxes);
   // Prefilter: finite boxes whose max class score (NaN-propagating, as torch.max; ties to
   // the first class) passes. Rows are scanned in memory order.
-  std::vector<double> best(N);
-  std::vector<int64_t> best_cls(N, 0);
-  for (int64_t n = 0; n < N; ++n) best[n] = static_cast<double>(s[n]);
-  for (int64_t c = 1; c < C; ++c) {
-    const S* row = s + c * N;
-    for (int64_t n = 0; n < N; ++n) {
-      const double v = static_cast<double>(row[n]);
-      if (best[n] == best[n] && (v > best[n] || v != v)) best[n] = v, best_cls[n] = c;
+  // Branch-free over rows in memory order, so that it vectorises.
+  using A = acc_t<S>;
+  std::vector<A> best(N);
+  std::vector<int32_t> best_cls(N, 0);
+  at::parallel_for(0, N, 4096, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) best[n] = static_cast<A>(s[n]);
+    for (int64_t c = 1; c < C; ++c) {
+      const S* row = s + c * N;
+      for (int64_t n = n0; n < n1; ++n) {
+        const A v = static_cast<A>(row[n]), b = best[n];
+        const bool take = b == b && (v > b || v != v);
+        best[n] = take ? v : b;
+        best_cls[n] = take ? static_cast<int32_t>(c) : best_cls[n];
+      }
     }
+  });
+  std::vector<uint8_t> pre(N);
+  int64_t count = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    pre[n] = best[n] > score_threshold && box_finite(box[n]);
+    count += pre[n];
   }
-  std::vector<int64_t> anchors;
-  for (int64_t n = 0; n < N; ++n)
-    if (best[n] > score_threshold && box_finite(box[n])) anchors.push_back(n);
-  const int64_t d = std::min<int64_t>(top_k, anchors.size());
+  const int64_t d = std::min<int64_t>(top_k, count);
   std::vector<Detection> kept;
   if (cross_class) {
-    std::vector<std::pair<double, int64_t>> cand;
-    for (int64_t a : anchors) cand.emplace_back(best[a], a);
-    fast_nms_class(box, cand, d, 0, iou_threshold, score_threshold, second_threshold, kept);
+    const auto cand = top_d(best.data(), pre.data(), N, d);
+    fast_nms_class(box, cand, 0, iou_threshold, score_threshold, second_threshold, kept);
     for (Detection& det : kept) det.cls = best_cls[det.anchor];
     return kept;  // already in rank order
   }
   std::vector<std::vector<Detection>> per_class(C);
   at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<std::pair<double, int64_t>> cand;
-    for (int64_t c = c0; c < c1; ++c) {
-      cand.clear();
-      for (int64_t a : anchors) cand.emplace_back(static_cast<double>(s[c * N + a]), a);
-      fast_nms_class(box, cand, d, c, iou_threshold, score_threshold, second_threshold,
-                     per_class[c]);
-    }
+    for (int64_t c = c0; c < c1; ++c)
+      fast_nms_class(box, top_d(s + c * N, pre.data(), N, d), c, iou_threshold, score_threshold,
+                     second_threshold, per_class[c]);
   });
   for (auto& v : per_class) kept.insert(kept.end(), v.begin(), v.end());
   // Merge: class-major order, then a stable descending sort by score.
@@ -270,23 +331,37 @@ std::vector<uint64_t> pack_masks(const at::Tensor& masks, const std::vector<int6
   return packed;
 }
 
+// Intersection of two packed masks. x86-64 builds get the popcnt instruction through a
+// target attribute (the default -O3 build calls libgcc's bit-twiddling popcount instead).
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("popcnt")))
+#endif
+int64_t popcount_and(const uint64_t* a, const uint64_t* b, int64_t words) {
+  int64_t n = 0;
+  for (int64_t w = 0; w < words; ++w) n += __builtin_popcountll(a[w] & b[w]);
+  return n;
+}
+
 template <typename G>
 std::vector<G> matrix_nms_sorted(const std::vector<uint64_t>& packed, int64_t N, int64_t words,
                                  const std::vector<int64_t>& label, bool gaussian, G sigma) {
   std::vector<G> area(N), iou(N * N, G(0)), comp(N, G(0)), decay(N);
   for (int64_t i = 0; i < N; ++i) {
-    int64_t a = 0;
-    for (int64_t w = 0; w < words; ++w) a += __builtin_popcountll(packed[i * words + w]);
-    area[i] = static_cast<G>(a);
+    const uint64_t* row = packed.data() + i * words;
+    area[i] = static_cast<G>(popcount_and(row, row, words));
   }
-  at::parallel_for(0, N, 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i)
-      for (int64_t j = i + 1; j < N; ++j) {
-        int64_t inter = 0;
-        const uint64_t *a = packed.data() + i * words, *b = packed.data() + j * words;
-        for (int64_t w = 0; w < words; ++w) inter += __builtin_popcountll(a[w] & b[w]);
-        iou[i * N + j] = mask_iou(static_cast<G>(inter), area[i], area[j]);
-      }
+  auto iou_row = [&](int64_t i) {
+    const uint64_t* a = packed.data() + i * words;
+    for (int64_t j = i + 1; j < N; ++j)
+      iou[i * N + j] = mask_iou(static_cast<G>(popcount_and(a, packed.data() + j * words, words)),
+                                area[i], area[j]);
+  };
+  // Row i has N - 1 - i pairs: rows p and N - 1 - p go together so that chunks are even.
+  at::parallel_for(0, (N + 1) / 2, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      iou_row(p);
+      if (N - 1 - p != p) iou_row(N - 1 - p);
+    }
   });
   for (int64_t j = 0; j < N; ++j)
     for (int64_t i = 0; i < j; ++i)

@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/all.h>
 #include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/clamp_max.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/floor_divide.h>
@@ -108,10 +109,13 @@ std::tuple<at::Tensor, at::Tensor> batched_nms_op_cuda(const at::Tensor& boxes,
 // Fast NMS keep flags for candidates [C, D] (anchor indices into boxes).
 at::Tensor fast_nms_keep(const at::Tensor& b, const at::Tensor& cand, double iou_threshold) {
   const int64_t C = cand.size(0), D = cand.size(1);
-  const at::Tensor cb = b.index_select(0, cand.reshape(-1)).contiguous();
+  const at::Tensor cb = b.index_select(0, cand.reshape(-1)).view({C, D, 4});
+  // (x2 - x1) * (y2 - y1), as box_area computes it
+  const at::Tensor area = cb.select(2, 2).sub(cb.select(2, 0)).mul(cb.select(2, 3).sub(cb.select(2, 1)));
+  const at::Tensor cols = at::cat({cb.permute({0, 2, 1}), area.unsqueeze(1)}, 1).contiguous();
   at::Tensor keep = at::zeros({C, D}, b.options().dtype(at::kByte));
   if (C * D > 0)
-    C10_CUDA_CHECK(cuda::fast_nms_keep(b.scalar_type() == at::kDouble, cb.const_data_ptr(), C, D,
+    C10_CUDA_CHECK(cuda::fast_nms_keep(b.scalar_type() == at::kDouble, cols.const_data_ptr(), C, D,
                                        iou_threshold, keep.mutable_data_ptr<uint8_t>(),
                                        c10::cuda::getCurrentCUDAStream()));
   return keep.to(at::kBool);
@@ -121,8 +125,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fast_nms_cuda(
     const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold, int64_t top_k,
     double score_threshold, int64_t max_detections, bool cross_class, bool second_threshold) {
   check_fast_nms_inputs(boxes, scores, top_k, max_detections);
-  TORCH_CHECK_VALUE(std::min(top_k, scores.size(1)) <= 4096, "fast_nms: on CUDA `top_k` is "
-                    "limited to 4096 candidates per class, got ", top_k);
   const c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t C = scores.size(0), N = scores.size(1);
   const int64_t capacity = cross_class ? top_k : max_detections;

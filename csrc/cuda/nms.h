@@ -19,11 +19,10 @@ cudaError_t nms_sorted(bool f64, const void* boxes, const int64_t* seg_end,
                        const uint8_t* valid, int64_t n, double iou_threshold, uint64_t* mask,
                        uint64_t* removed, uint8_t* keep, cudaStream_t stream);
 
-// Fast NMS keep flags: boxes [C, D, 4] (each class's candidates in rank order) ->
-// keep [C, D]: 1 iff the IoU with every higher-ranked candidate is <= iou_threshold (which
-// is compared in the IoU dtype). Areas need d * sizeof(G) bytes of shared memory, so D is
-// limited to about 48 KiB / sizeof(G).
-cudaError_t fast_nms_keep(bool f64, const void* boxes, int64_t classes, int64_t d,
+// Fast NMS keep flags: cols [C, 5, D] (x1, y1, x2, y2, area of each class's candidates in
+// rank order) -> keep [C, D]: 1 iff the IoU with every higher-ranked candidate is
+// <= iou_threshold (compared in the IoU dtype).
+cudaError_t fast_nms_keep(bool f64, const void* cols, int64_t classes, int64_t d,
                           double iou_threshold, uint8_t* keep, cudaStream_t stream);
 
 // Matrix NMS on masks sorted by score: masks [N, P] as bytes (0/1), labels [N]. Writes

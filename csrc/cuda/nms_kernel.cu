@@ -68,21 +68,13 @@ __global__ void nms_scan_kernel(const uint64_t* mask, const int64_t* seg_end,
   }
 }
 
+// One block per class; `cols` is [C, 5, D]: x1, y1, x2, y2, area of the ranked candidates.
 template <typename G>
-__global__ void fast_nms_keep_kernel(const Box<G>* boxes, int64_t d, G threshold,
-                                     bool use_shared, uint8_t* keep) {
-  extern __shared__ unsigned char smem[];
-  const Box<G>* b = boxes + int64_t(blockIdx.x) * d;
-  Box<G>* s = reinterpret_cast<Box<G>*>(smem);
-  G* area = reinterpret_cast<G*>(s + (use_shared ? d : 0));
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-    if (use_shared) s[j] = b[j];
-    area[j] = box_area(b[j]);
-  }
-  __syncthreads();
-  if (use_shared) b = s;
+__global__ void fast_nms_keep_kernel(const G* cols, int64_t d, G threshold, uint8_t* keep) {
+  const G* c = cols + int64_t(blockIdx.x) * 5 * d;
+  const BoxColumns<G> b{c, c + d, c + 2 * d, c + 3 * d, c + 4 * d};
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x)
-    keep[int64_t(blockIdx.x) * d + j] = segops::fast_nms_keep(b, area, j, threshold);
+    keep[int64_t(blockIdx.x) * d + j] = segops::fast_nms_keep(b, j, threshold);
 }
 
 // ---- matrix NMS: masks as bits, IoU by popcount
@@ -205,20 +197,15 @@ cudaError_t nms_sorted(bool f64, const void* boxes, const int64_t* seg_end,
   return cudaGetLastError();
 }
 
-cudaError_t fast_nms_keep(bool f64, const void* boxes, int64_t classes, int64_t d,
+cudaError_t fast_nms_keep(bool f64, const void* cols, int64_t classes, int64_t d,
                           double iou_threshold, uint8_t* keep, cudaStream_t stream) {
-  // Areas always live in shared memory; the boxes too when they fit.
-  const size_t g = f64 ? sizeof(double) : sizeof(float);
-  const bool use_shared = d * (4 + 1) * g <= 40 * 1024;
-  const size_t smem = d * g * (use_shared ? 5 : 1);
   const unsigned grid = static_cast<unsigned>(classes);
   if (f64)
-    fast_nms_keep_kernel<double><<<grid, kThreads, smem, stream>>>(
-        static_cast<const Box<double>*>(boxes), d, iou_threshold, use_shared, keep);
+    fast_nms_keep_kernel<double><<<grid, kThreads, 0, stream>>>(
+        static_cast<const double*>(cols), d, iou_threshold, keep);
   else
-    fast_nms_keep_kernel<float><<<grid, kThreads, smem, stream>>>(
-        static_cast<const Box<float>*>(boxes), d, static_cast<float>(iou_threshold), use_shared,
-        keep);
+    fast_nms_keep_kernel<float><<<grid, kThreads, 0, stream>>>(
+        static_cast<const float*>(cols), d, static_cast<float>(iou_threshold), keep);
   return cudaGetLastError();
 }
 

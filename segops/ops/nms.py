@@ -115,8 +115,7 @@ def fast_nms(
 
     Differences from YOLACT: ties are broken by lower index (YOLACT's sorts are unstable);
     zero-area pairs have IoU 0 (YOLACT: NaN, which suppresses); boxes with non-finite
-    coordinates are dropped with the prefilter. On CUDA, `min(top_k, N)` is limited to
-    4096 candidates per class.
+    coordinates are dropped with the prefilter.
     """
     check_tensor(boxes, "fast_nms", "boxes")
     check_tensor(scores, "fast_nms", "scores")
