@@ -44,7 +44,12 @@ def extension():
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     # -fno-trapping-math lets GCC if-convert (and so vectorise) float selects; it assumes FP
     # exceptions are masked, as they are under PyTorch, and changes no value.
+    # -fopenmp at compile time only: ATen's at::parallel_for is header-inline OpenMP, serial
+    # without it. Not at link time: the GOMP symbols then resolve to the libgomp that torch
+    # itself loads, so torch.set_num_threads governs segops' threads too (one runtime).
     cxx = ["-O3", "-g0", "-fno-trapping-math"]
+    if torch.backends.openmp.is_available():
+        cxx.append("-fopenmp")
     # No -std here: torch's own flags pick it (C++17 for torch 2.11, C++20 for 2.13).
     if not want_cuda():
         return cpp_extension.CppExtension(
@@ -55,7 +60,10 @@ def extension():
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or ";".join(
         "%d.%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())
     )
-    defines = ["-DSEGOPS_WITH_CUDA", f'-DSEGOPS_CUDA_ARCHS="{archs}"']
+    # The arch list travels as a shell-safe token (ninja runs the compiler through a shell,
+    # where ';' and quotes would break the command); csrc/segops.cpp stringifies it.
+    token = ",".join(a for a in archs.replace(";", " ").replace(",", " ").split() if a)
+    defines = ["-DSEGOPS_WITH_CUDA", f"-DSEGOPS_CUDA_ARCHS={token}"]
     # --fmad=false: the shared geometry (box corners, bins, sample positions) must round
     # exactly as on the CPU, or CUDA and CPU could disagree on a sample count.
     nvcc = ["-O3", "--fmad=false", "--expt-relaxed-constexpr"] + defines

@@ -9,9 +9,9 @@
 #include <cuda_runtime_api.h>
 #endif
 
-#ifndef SEGOPS_CUDA_ARCHS
-#define SEGOPS_CUDA_ARCHS ""
-#endif
+// SEGOPS_CUDA_ARCHS is a bare token list such as 8.0,9.0+PTX (see setup.py).
+#define SEGOPS_STR_(...) #__VA_ARGS__
+#define SEGOPS_STR(...) SEGOPS_STR_(__VA_ARGS__)
 
 namespace {
 
@@ -38,6 +38,13 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "segops compiled kernels; ops live in torch.ops.segops";
   m.def("with_cuda", &with_cuda, "True when the CUDA kernels were compiled in.");
   m.def("cuda_version", &cuda_version, "CUDA runtime version compiled against, or ''.");
-  m.def("cuda_arch_list", [] { return std::string(SEGOPS_CUDA_ARCHS); },
-        "The TORCH_CUDA_ARCH_LIST the CUDA kernels were compiled for, or ''.");
+  m.def("cuda_arch_list",
+        [] {
+#ifdef SEGOPS_CUDA_ARCHS
+          return std::string(SEGOPS_STR(SEGOPS_CUDA_ARCHS));
+#else
+          return std::string();
+#endif
+        },
+        "The GPU archs (TORCH_CUDA_ARCH_LIST) the CUDA kernels were compiled for, or ''.");
 }

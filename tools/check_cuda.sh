@@ -39,7 +39,7 @@ PY
 for f in csrc/cuda/*.cpp csrc/segops.cpp; do
   echo "$CXX -fsyntax-only  $f"
   "$CXX" -fsyntax-only -std=c++20 -Wall -Werror -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE \
-    -DSEGOPS_WITH_CUDA "${includes[@]}" -I"$CUDA_HOME/include" "$f"
+    -DSEGOPS_WITH_CUDA -DSEGOPS_CUDA_ARCHS=8.0,9.0+PTX "${includes[@]}" -I"$CUDA_HOME/include" "$f"
   n=$((n + 1))
 done
 echo "check_cuda: $n CUDA sources compiled cleanly"
