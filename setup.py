@@ -66,7 +66,8 @@ def extension():
     defines = ["-DSEGOPS_WITH_CUDA", f"-DSEGOPS_CUDA_ARCHS={token}"]
     # --fmad=false: the shared geometry (box corners, bins, sample positions) must round
     # exactly as on the CPU, or CUDA and CPU could disagree on a sample count.
-    nvcc = ["-O3", "--fmad=false", "--expt-relaxed-constexpr"] + defines
+    # The kernels need no defines (and nvcc would split the arch token at its commas).
+    nvcc = ["-O3", "--fmad=false", "--expt-relaxed-constexpr"]
     return cpp_extension.CUDAExtension(
         "segops._C",
         sources + rel("csrc/cuda/*.cpp") + rel("csrc/cuda/*.cu"),
