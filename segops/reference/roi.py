@@ -100,6 +100,18 @@ def _check_input(input: Tensor) -> None:
         raise ValueError(f"input must be a Tensor[N, C, H, W], got shape {tuple(input.shape)}")
 
 
+def _prepare(input: Tensor, boxes: BoxesType, output_size, spatial_scale: float):
+    """Checked input in the compute dtype, rois, their batch indices, the scale as a
+    tensor of the compute dtype, and the output size."""
+    _check_input(input)
+    pooled = _pair(output_size)
+    dt = _compute_dtype(input.dtype)
+    rois = convert_boxes_to_rois(boxes, dt, input.device)
+    idx = _batch_indices(rois, input.shape[0])
+    scale = torch.tensor(float(spatial_scale), dtype=dt, device=input.device)
+    return input.to(dt), rois, idx, scale, pooled
+
+
 # --------------------------------------------------------------------------------------
 # roi_align
 # --------------------------------------------------------------------------------------
@@ -200,14 +212,9 @@ def roi_align(input: Tensor, boxes: BoxesType, output_size: Union[int, Tuple[int
     Returns:
         ``Tensor[K, C, output_h, output_w]`` of ``input.dtype``.
     """
-    _check_input(input)
-    pooled_h, pooled_w = _pair(output_size)
-    dt = _compute_dtype(input.dtype)
-    rois = convert_boxes_to_rois(boxes, dt, input.device)
+    x, rois, idx, scale, (pooled_h, pooled_w) = _prepare(input, boxes, output_size,
+                                                          spatial_scale)
     N, C, H, W = input.shape
-    idx = _batch_indices(rois, N)
-    x = input.to(dt)
-    scale = torch.tensor(float(spatial_scale), dtype=dt, device=input.device)
     if rois.size(0) == 0 or pooled_h == 0 or pooled_w == 0:
         return x.new_zeros(rois.size(0), C, pooled_h, pooled_w).to(input.dtype)
     outs = [
@@ -281,14 +288,9 @@ def roi_pool_with_argmax(input: Tensor, boxes: BoxesType,
                          spatial_scale: float = 1.0) -> Tuple[Tensor, Tensor]:
     """Reference RoIPool returning ``(output, argmax)``; argmax is ``h * W + w`` within the
     plane, -1 where nothing was pooled (like ``torch.ops.segops.roi_pool``)."""
-    _check_input(input)
-    pooled_h, pooled_w = _pair(output_size)
-    dt = _compute_dtype(input.dtype)
-    rois = convert_boxes_to_rois(boxes, dt, input.device)
+    x, rois, idx, scale, (pooled_h, pooled_w) = _prepare(input, boxes, output_size,
+                                                          spatial_scale)
     N, C, H, W = input.shape
-    idx = _batch_indices(rois, N)
-    x = input.to(dt)
-    scale = torch.tensor(float(spatial_scale), dtype=dt, device=input.device)
     K = rois.size(0)
     if K == 0 or pooled_h == 0 or pooled_w == 0:
         return (x.new_zeros(K, C, pooled_h, pooled_w).to(input.dtype),
