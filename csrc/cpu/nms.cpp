@@ -140,13 +140,15 @@ struct Detection {
 };
 
 // Fast NMS over one class's ranked candidates: appends the kept ones to `out`.
-// The first `d` prefiltered anchors (pre[n] != 0) by (score descending, index ascending) --
+// The first `d` prefiltered anchors (pre[n] != 0, listed in `anchors`) by (score descending,
+// index ascending) --
 // a stable sort's prefix -- as (score, anchor) pairs in that order. A buffer is cut back to
 // its best d whenever it holds 2d; from then on only scores above the d-th best can enter
 // (anchors come in index order, so an equal score loses its tie), and blocks with none are
 // skipped by a vectorised test. O(n).
 template <typename V>
-std::vector<std::pair<double, int64_t>> top_d(const V* v, const uint8_t* pre, int64_t n,
+std::vector<std::pair<double, int64_t>> top_d(const V* v, const uint8_t* pre,
+                                              const std::vector<int64_t>& anchors, int64_t n,
                                               int64_t d) {
   using Entry = std::pair<double, int64_t>;
   auto better = [](const Entry& a, const Entry& b) {
@@ -156,10 +158,12 @@ std::vector<std::pair<double, int64_t>> top_d(const V* v, const uint8_t* pre, in
   if (d <= 0) return buf;
   buf.reserve(2 * d);
   const auto full = [&] { return static_cast<int64_t>(buf.size()) >= 2 * d; };
-  int64_t k = 0;
-  for (; k < n && !full(); ++k)
-    if (pre[k]) buf.emplace_back(static_cast<double>(v[k]), k);
-  constexpr int64_t kBlock = 256;
+  // The first 2d prefiltered anchors come from their list; the rest of the row is scanned.
+  const int64_t first = std::min<int64_t>(2 * d, anchors.size());
+  for (int64_t a = 0; a < first; ++a)
+    buf.emplace_back(static_cast<double>(v[anchors[a]]), anchors[a]);
+  int64_t k = first < static_cast<int64_t>(anchors.size()) ? anchors[first] : n;
+  constexpr int64_t kBlock = 32;
   while (k < n) {
     std::nth_element(buf.begin(), buf.begin() + (d - 1), buf.end(), better);
     buf.resize(d);
@@ -249,15 +253,15 @@ std::vector<Detection> fast_nms_impl(const at::Tensor& boxes, const S* s, int64_
     }
   });
   std::vector<uint8_t> pre(N);
-  int64_t count = 0;
+  std::vector<int64_t> anchors;
   for (int64_t n = 0; n < N; ++n) {
     pre[n] = best[n] > score_threshold && box_finite(box[n]);
-    count += pre[n];
+    if (pre[n]) anchors.push_back(n);
   }
-  const int64_t d = std::min<int64_t>(top_k, count);
+  const int64_t d = std::min<int64_t>(top_k, anchors.size());
   std::vector<Detection> kept;
   if (cross_class) {
-    const auto cand = top_d(best.data(), pre.data(), N, d);
+    const auto cand = top_d(best.data(), pre.data(), anchors, N, d);
     fast_nms_class(box, cand, 0, iou_threshold, score_threshold, second_threshold, kept);
     for (Detection& det : kept) det.cls = best_cls[det.anchor];
     return kept;  // already in rank order
@@ -265,7 +269,8 @@ std::vector<Detection> fast_nms_impl(const at::Tensor& boxes, const S* s, int64_
   std::vector<std::vector<Detection>> per_class(C);
   at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c)
-      fast_nms_class(box, top_d(s + c * N, pre.data(), N, d), c, iou_threshold, score_threshold,
+      fast_nms_class(box, top_d(s + c * N, pre.data(), anchors, N, d), c, iou_threshold,
+                     score_threshold,
                      second_threshold, per_class[c]);
   });
   for (auto& v : per_class) kept.insert(kept.end(), v.begin(), v.end());
