@@ -158,26 +158,40 @@ std::vector<std::pair<double, int64_t>> top_d(const V* v, const uint8_t* pre,
   if (d <= 0) return buf;
   buf.reserve(2 * d);
   const auto full = [&] { return static_cast<int64_t>(buf.size()) >= 2 * d; };
-  // The first 2d prefiltered anchors come from their list; the rest of the row is scanned.
-  const int64_t first = std::min<int64_t>(2 * d, anchors.size());
+  // The first 2d prefiltered anchors come from their list. The rest: through the list when
+  // it is sparse, else along the row, skipping blocks with nothing above the cut.
+  const int64_t count = anchors.size();
+  const int64_t first = std::min<int64_t>(2 * d, count);
   for (int64_t a = 0; a < first; ++a)
     buf.emplace_back(static_cast<double>(v[anchors[a]]), anchors[a]);
-  int64_t k = first < static_cast<int64_t>(anchors.size()) ? anchors[first] : n;
-  constexpr int64_t kBlock = 32;
-  while (k < n) {
+  V cut{};
+  auto cut_back = [&] {
     std::nth_element(buf.begin(), buf.begin() + (d - 1), buf.end(), better);
     buf.resize(d);
-    const V cut = static_cast<V>(buf[d - 1].first);  // exact: it is one of the values
-    while (k < n && !full()) {
-      const int64_t e = std::min(n, k + kBlock);
-      uint32_t any = 0;
-      for (int64_t i = k; i < e; ++i) any |= pre[i] & static_cast<uint32_t>(v[i] > cut);
-      if (!any) {
-        k = e;
-        continue;
+    cut = static_cast<V>(buf[d - 1].first);  // exact: it is one of the values
+  };
+  if (2 * count < n) {
+    for (int64_t a = first; a < count; ++a) {
+      if (full()) cut_back();
+      const int64_t k = anchors[a];
+      if (v[k] > cut) buf.emplace_back(static_cast<double>(v[k]), k);
+    }
+  } else {
+    constexpr int64_t kBlock = 32;
+    int64_t k = first < count ? anchors[first] : n;
+    while (k < n) {
+      cut_back();
+      while (k < n && !full()) {
+        const int64_t e = std::min(n, k + kBlock);
+        uint32_t any = 0;
+        for (int64_t i = k; i < e; ++i) any |= pre[i] & static_cast<uint32_t>(v[i] > cut);
+        if (!any) {
+          k = e;
+          continue;
+        }
+        for (; k < e && !full(); ++k)
+          if (pre[k] && v[k] > cut) buf.emplace_back(static_cast<double>(v[k]), k);
       }
-      for (; k < e && !full(); ++k)
-        if (pre[k] && v[k] > cut) buf.emplace_back(static_cast<double>(v[k]), k);
     }
   }
   if (static_cast<int64_t>(buf.size()) > d) {
@@ -188,55 +202,54 @@ std::vector<std::pair<double, int64_t>> top_d(const V* v, const uint8_t* pre,
   return buf;
 }
 
-// Keep flags of one class's ranked candidates. x86-64 builds also get an AVX2 clone, picked
-// at load time where the CPU has it (AVX2 without FMA: the same IEEE operations, twice the
-// lanes).
+// Whether ranked candidate j of a class is kept. x86-64 builds also get an AVX2 clone,
+// picked at load time where the CPU has it (AVX2 without FMA: the same IEEE operations,
+// twice the lanes).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define SEGOPS_AVX2_CLONE __attribute__((target_clones("avx2", "default")))
 #else
 #define SEGOPS_AVX2_CLONE
 #endif
-SEGOPS_AVX2_CLONE void fast_nms_keep_flags(const BoxColumns<float>& b, int64_t d, float t,
-                                           char* keep) {
-  for (int64_t j = 0; j < d; ++j) keep[j] = fast_nms_keep(b, j, t);
+SEGOPS_AVX2_CLONE bool fast_nms_keep_one(const BoxColumns<float>& b, int64_t j, float t) {
+  return fast_nms_keep(b, j, t);
 }
-SEGOPS_AVX2_CLONE void fast_nms_keep_flags(const BoxColumns<double>& b, int64_t d, double t,
-                                           char* keep) {
-  for (int64_t j = 0; j < d; ++j) keep[j] = fast_nms_keep(b, j, t);
+SEGOPS_AVX2_CLONE bool fast_nms_keep_one(const BoxColumns<double>& b, int64_t j, double t) {
+  return fast_nms_keep(b, j, t);
 }
 
+// One class's candidates in rank order, (score, anchor), with their boxes as columns.
 template <typename G>
-void fast_nms_class(const std::vector<Box<G>>& box,
-                    const std::vector<std::pair<double, int64_t>>& cand, int64_t cls,
-                    double iou_threshold, double score_threshold, bool second_threshold,
-                    std::vector<Detection>& out) {
-  const int64_t d = cand.size();
-  std::vector<G> cols(5 * d);
-  for (int64_t r = 0; r < d; ++r) {
-    const Box<G>& b = box[cand[r].second];
-    cols[r] = b.x1, cols[d + r] = b.y1, cols[2 * d + r] = b.x2, cols[3 * d + r] = b.y2;
-    cols[4 * d + r] = box_area(b);
-  }
-  const BoxColumns<G> ranked{cols.data(), cols.data() + d, cols.data() + 2 * d,
-                             cols.data() + 3 * d, cols.data() + 4 * d};
-  std::vector<char> keep(d);
-  fast_nms_keep_flags(ranked, d, static_cast<G>(iou_threshold), keep.data());
-  for (int64_t r = 0; r < d; ++r) {
-    if (!keep[r]) continue;
-    if (second_threshold && !(cand[r].first > score_threshold)) continue;
-    out.push_back({cand[r].first, cls, r, cand[r].second});
-  }
-}
+struct RankedClass {
+  std::vector<std::pair<double, int64_t>> cand;
+  std::vector<G> cols;
 
-// Scores are read in their own dtype (S) and compared as doubles, which is exact.
+  RankedClass() = default;
+  RankedClass(const std::vector<Box<G>>& box, std::vector<std::pair<double, int64_t>> ranked)
+      : cand(std::move(ranked)), cols(5 * cand.size()) {
+    const int64_t d = cand.size();
+    for (int64_t r = 0; r < d; ++r) {
+      const Box<G>& b = box[cand[r].second];
+      cols[r] = b.x1, cols[d + r] = b.y1, cols[2 * d + r] = b.x2, cols[3 * d + r] = b.y2;
+      cols[4 * d + r] = box_area(b);
+    }
+  }
+  bool keep(int64_t r, G threshold) const {
+    const int64_t d = cand.size();
+    const G* c = cols.data();
+    return fast_nms_keep_one(BoxColumns<G>{c, c + d, c + 2 * d, c + 3 * d, c + 4 * d}, r,
+                             threshold);
+  }
+};
+
+// Scores are read in their own dtype (S) and compared as doubles, which is exact. Returns at
+// most `capacity` detections, in output order.
 template <typename G, typename S>
 std::vector<Detection> fast_nms_impl(const at::Tensor& boxes, const S* s, int64_t C, int64_t N,
                                      double iou_threshold, int64_t top_k, double score_threshold,
-                                     bool cross_class, bool second_threshold) {
+                                     bool cross_class, bool second_threshold, int64_t capacity) {
   const std::vector<Box<G>> box = load_boxes<G>(boxes);
   // Prefilter: finite boxes whose max class score (NaN-propagating, as torch.max; ties to
-  // the first class) passes. Rows are scanned in memory order.
-  // Branch-free over rows in memory order, so that it vectorises.
+  // the first class) passes. Branch-free over rows in memory order, so that it vectorises.
   using A = acc_t<S>;
   std::vector<A> best(N);
   std::vector<int32_t> best_cls(N, 0);
@@ -259,24 +272,49 @@ std::vector<Detection> fast_nms_impl(const at::Tensor& boxes, const S* s, int64_
     if (pre[n]) anchors.push_back(n);
   }
   const int64_t d = std::min<int64_t>(top_k, anchors.size());
+  const G threshold = static_cast<G>(iou_threshold);
+  auto passes = [&](double score) { return !second_threshold || score > score_threshold; };
   std::vector<Detection> kept;
-  if (cross_class) {
-    const auto cand = top_d(best.data(), pre.data(), anchors, N, d);
-    fast_nms_class(box, cand, 0, iou_threshold, score_threshold, second_threshold, kept);
-    for (Detection& det : kept) det.cls = best_cls[det.anchor];
-    return kept;  // already in rank order
+  if (cross_class) {  // output in rank order, class = argmax
+    const RankedClass<G> rc(box, top_d(best.data(), pre.data(), anchors, N, d));
+    for (int64_t r = 0; r < d && static_cast<int64_t>(kept.size()) < capacity; ++r) {
+      const auto& [score, anchor] = rc.cand[r];
+      if (passes(score) && rc.keep(r, threshold))
+        kept.push_back({score, best_cls[anchor], r, anchor});
+    }
+    return kept;
   }
-  std::vector<std::vector<Detection>> per_class(C);
+  std::vector<RankedClass<G>> ranked(C);
   at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c)
-      fast_nms_class(box, top_d(s + c * N, pre.data(), anchors, N, d), c, iou_threshold,
-                     score_threshold,
-                     second_threshold, per_class[c]);
+      ranked[c] = RankedClass<G>(box, top_d(s + c * N, pre.data(), anchors, N, d));
   });
-  for (auto& v : per_class) kept.insert(kept.end(), v.begin(), v.end());
-  // Merge: class-major order, then a stable descending sort by score.
-  std::stable_sort(kept.begin(), kept.end(),
-                   [](const Detection& a, const Detection& b) { return a.score > b.score; });
+  // Every candidate in output order: by score, then class, then rank -- a stable descending
+  // sort of the class-major list. Keep flags are decided lazily in that order until
+  // `capacity` are kept: a candidate's flag depends only on the higher-ranked candidates of
+  // its class, kept or not, so the rest never need deciding.
+  struct Ref {
+    double score;
+    int64_t cls, rank;
+  };
+  std::vector<Ref> all;
+  all.reserve(C * d);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t r = 0; r < d; ++r) all.push_back({ranked[c].cand[r].first, c, r});
+  auto before = [](const Ref& a, const Ref& b) {
+    if (a.score != b.score) return a.score > b.score;
+    return a.cls != b.cls ? a.cls < b.cls : a.rank < b.rank;
+  };
+  for (size_t done = 0; done < all.size() && static_cast<int64_t>(kept.size()) < capacity;) {
+    const size_t next = std::min(all.size(), done + 2 * static_cast<size_t>(capacity) + 64);
+    std::nth_element(all.begin() + done, all.begin() + next, all.end(), before);
+    std::sort(all.begin() + done, all.begin() + next, before);
+    for (; done < next && static_cast<int64_t>(kept.size()) < capacity; ++done) {
+      const Ref& e = all[done];
+      if (passes(e.score) && ranked[e.cls].keep(e.rank, threshold))
+        kept.push_back({e.score, e.cls, e.rank, ranked[e.cls].cand[e.rank].second});
+    }
+  }
   return kept;
 }
 
@@ -303,9 +341,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fast_nms_cpu(
       const int64_t C = sc_in.size(0), N = sc_in.size(1);
       kept = boxes.scalar_type() == at::kDouble
                  ? fast_nms_impl<double>(boxes, s, C, N, iou_threshold, top_k, score_threshold,
-                                         cross_class, second_threshold)
+                                         cross_class, second_threshold, capacity)
                  : fast_nms_impl<float>(boxes, s, C, N, iou_threshold, top_k, score_threshold,
-                                        cross_class, second_threshold);
+                                        cross_class, second_threshold, capacity);
     });
     const int64_t n = std::min<int64_t>(kept.size(), capacity);
     int64_t* idx = indices.mutable_data_ptr<int64_t>();
