@@ -13,6 +13,12 @@ inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
+// The dtype that box geometry, IoUs and accumulators use for a tensor of `t`: float64 for
+// float64, float32 for float32 and the half types (the host side of common's acc_t).
+inline at::ScalarType compute_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 inline void check_float(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK_TYPE(is_supported_float(t.scalar_type()), op, ": `", name,
                    "` must be float32, float64, float16 or bfloat16, got ", t.scalar_type());

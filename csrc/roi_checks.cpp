@@ -26,8 +26,7 @@ void check_batch_indices(const at::Tensor& rois, int64_t batch_size, const char*
 }
 
 at::Tensor rois_for_geometry(const at::Tensor& rois, at::ScalarType input_type) {
-  const at::ScalarType g = input_type == at::kDouble ? at::kDouble : at::kFloat;
-  return rois.to(g).contiguous();
+  return rois.to(compute_dtype(input_type)).contiguous();
 }
 
 }  // namespace segops

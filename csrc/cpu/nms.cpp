@@ -324,8 +324,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fast_nms_cpu(
   check_fast_nms_inputs(boxes, scores, top_k, max_detections);
   // As YOLACT's tensor comparisons: IoU against a float32 (float64) threshold, scores
   // against a threshold of the scores' dtype.
-  const at::ScalarType iou_type = boxes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  iou_threshold = as_dtype(iou_threshold, iou_type);
+  iou_threshold = as_dtype(iou_threshold, compute_dtype(boxes.scalar_type()));
   score_threshold = as_dtype(score_threshold, scores.scalar_type());
   const int64_t capacity = cross_class ? top_k : max_detections;
   const auto longs = boxes.options().dtype(at::kLong);

@@ -29,8 +29,7 @@ void for_channels(int64_t channels, int64_t work_per_channel, Fn&& fn) {
 
 // Accumulators for a backward: float for half types, else the gradient's own dtype.
 at::Tensor grad_accumulator(const at::Tensor& grad, int64_t n, int64_t c, int64_t h, int64_t w) {
-  const auto t = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  return at::zeros({n, c, h, w}, grad.options().dtype(t));
+  return at::zeros({n, c, h, w}, grad.options().dtype(compute_dtype(grad.scalar_type())));
 }
 
 // One RoI's geometry with its samples' interpolations precomputed along each axis, so

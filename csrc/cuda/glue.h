@@ -18,9 +18,4 @@ inline cuda::Dtype cuda_dtype(const at::Tensor& t) {
   }
 }
 
-// Scatter accumulators: float for half types, else the tensor's dtype.
-inline at::ScalarType accumulate_dtype(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 }  // namespace segops

@@ -28,10 +28,6 @@
 namespace segops {
 namespace {
 
-at::ScalarType iou_dtype(const at::Tensor& boxes) {
-  return boxes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 at::Tensor stable_order(const at::Tensor& key, bool descending, int64_t dim = 0) {
   return std::get<1>(at::sort(key, /*stable=*/true, dim, descending));
 }
@@ -63,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor> batched_nms_cuda(const at::Tensor& boxes,
   const auto longs = boxes.options().dtype(at::kLong);
   if (n == 0 || capacity == 0)
     return {at::full({capacity}, -1, longs), at::zeros({}, longs)};
-  const at::Tensor b = boxes.to(iou_dtype(boxes));
+  const at::Tensor b = boxes.to(compute_dtype(boxes.scalar_type()));
   const at::Tensor present = at::isfinite(b).all(1).logical_and(at::isnan(scores).logical_not());
   // Global order: score descending, ties by index. Processing order: class-major within it.
   const at::Tensor by_score = stable_order(scores, true);
@@ -132,7 +128,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fast_nms_cuda(
   if (C * N == 0 || capacity == 0)
     return {at::full({capacity}, -1, longs), at::full({capacity}, -1, longs),
             at::zeros({capacity}, scores.options()), at::zeros({}, longs)};
-  const at::Tensor b = boxes.to(iou_dtype(boxes));
+  const at::Tensor b = boxes.to(compute_dtype(boxes.scalar_type()));
   const double iou_t = as_dtype(iou_threshold, b.scalar_type());
   const double score_t = as_dtype(score_threshold, scores.scalar_type());
   // Prefilter (NaN-propagating max, as torch.max) and drop non-finite boxes.

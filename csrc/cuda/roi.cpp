@@ -83,7 +83,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
     return out;
   }
   at::Tensor acc = at::zeros({batch_size, channels, height, width},
-                             grad.options().dtype(accumulate_dtype(grad)));
+                             grad.options().dtype(compute_dtype(grad.scalar_type())));
   C10_CUDA_CHECK(cuda::roi_align_backward_atomic(dt, a, g.const_data_ptr(), r.const_data_ptr(),
                                                  s.mutable_data_ptr(), acc.mutable_data_ptr(),
                                                  stream));
@@ -142,7 +142,7 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois
     return out;
   }
   at::Tensor acc = at::zeros({batch_size, channels, height, width},
-                             grad.options().dtype(accumulate_dtype(grad)));
+                             grad.options().dtype(compute_dtype(grad.scalar_type())));
   C10_CUDA_CHECK(cuda::roi_pool_backward_atomic(dt, a, g.const_data_ptr(),
                                                 am.const_data_ptr<int64_t>(), r.const_data_ptr(),
                                                 acc.mutable_data_ptr(), stream));
