@@ -47,7 +47,9 @@ def extension():
     # -fopenmp at compile time only: ATen's at::parallel_for is header-inline OpenMP, serial
     # without it. Not at link time: the GOMP symbols then resolve to the libgomp that torch
     # itself loads, so torch.set_num_threads governs segops' threads too (one runtime).
-    cxx = ["-O3", "-g0", "-fno-trapping-math"]
+    # -ffp-contract=off: no fused multiply-adds, as nvcc's --fmad=false, so that the math
+    # shared through csrc/common rounds identically on CPU and CUDA.
+    cxx = ["-O3", "-g0", "-fno-trapping-math", "-ffp-contract=off"]
     if torch.backends.openmp.is_available():
         cxx.append("-fopenmp")
     # No -std here: torch's own flags pick it (C++17 for torch 2.11, C++20 for 2.13).

@@ -35,4 +35,13 @@ TORCH_LIBRARY(segops, m) {
   m.def(
       "matrix_nms(Tensor masks, Tensor labels, Tensor scores, str kernel, float sigma) "
       "-> Tensor");
+
+  // ---- masks: YOLACT assembly, Mask R-CNN pasting (SPEC §3) ----
+  m.def("assemble_masks(Tensor protos, Tensor coeffs, Tensor boxes, int padding) -> Tensor");
+  m.def(
+      "assemble_masks_upsampled(Tensor protos, Tensor coeffs, Tensor boxes, int padding, "
+      "SymInt height, SymInt width, float threshold) -> Tensor");
+  m.def(
+      "paste_masks(Tensor masks, Tensor boxes, SymInt height, SymInt width, float? threshold, "
+      "str mode) -> Tensor");
 }

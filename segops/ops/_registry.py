@@ -56,7 +56,8 @@ def register_autocast(name: str, *, float_args: Sequence[int]) -> None:
     """Autocast as torchvision does it: run in float32, return the input's dtype.
 
     Half-precision tensors among the positional arguments `float_args` are cast to
-    float32; floating outputs are cast back to the dtype of the first argument.
+    float32; floating outputs are cast back to the dtype of the first argument (other
+    outputs, e.g. bool masks, are returned as they are).
     (`torch.library.register_autocast` would leave the outputs in float32.)
     """
     op = getattr(torch.ops.segops, name).default
@@ -70,9 +71,10 @@ def register_autocast(name: str, *, float_args: Sequence[int]) -> None:
                     args[i] = args[i].float()
             with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_key)):
                 out = op(*args)
-            if isinstance(out, tuple):
-                return tuple(o.to(out_dtype) if o.is_floating_point() else o for o in out)
-            return out.to(out_dtype)
+            def back(o):
+                return o.to(out_dtype) if o.is_floating_point() else o
+
+            return tuple(back(o) for o in out) if isinstance(out, tuple) else back(out)
 
         _lib.impl(name, impl, key)
 

@@ -1,0 +1,199 @@
+// Masks family (SPEC §3), per-element math shared by the CPU and CUDA kernels. Torch-free.
+//
+// Every function here is evaluated operation by operation in acc_t (float32, or float64 for
+// float64 data) with no fused multiply-add (CPU: -ffp-contract=off; CUDA: --fmad=false) and
+// no library transcendental: `sigmoid_` uses its own exp. So the CPU and CUDA kernels give
+// the same bits for the same inputs, which is what makes their masks identical.
+#pragma once
+
+#include "macros.h"
+
+namespace segops {
+
+SEGOPS_HOST_DEVICE float ldexp_(float v, int e) { return ldexpf(v, e); }
+SEGOPS_HOST_DEVICE double ldexp_(double v, int e) { return ldexp(v, e); }
+
+// exp(x) from basic arithmetic only (Cody–Waite reduction and Cephes' minimax
+// polynomials, within 2 ulp), so that it rounds identically on every device. ldexp is exact.
+SEGOPS_HOST_DEVICE float exp_portable(float x) {
+  if (!(x == x)) return x;                      // NaN
+  if (x > 88.72283905f) return ldexp_(1.0f, 128);  // +inf
+  if (x < -103.972084f) return 0.0f;
+  const float n = floor_(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;  // ln2 split: the high part has 9 bits, so n*hi is exact
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * (r * r) + r + 1.0f;
+  return ldexp_(y, static_cast<int>(n));
+}
+
+SEGOPS_HOST_DEVICE double exp_portable(double x) {
+  if (!(x == x)) return x;
+  if (x > 709.782712893384) return ldexp_(1.0, 1024);
+  if (x < -745.1332191019412) return 0.0;
+  const double n = floor_(x * 1.4426950408889634073599 + 0.5);
+  double r = x - n * 6.93145751953125e-1;
+  r = r - n * 1.42860682030941723212e-6;
+  const double r2 = r * r;
+  const double p = r * ((1.26177193074810590878e-4 * r2 + 3.02994407707441961300e-2) * r2 +
+                        9.99999999999999999910e-1);
+  const double q = ((3.00198505138664455042e-6 * r2 + 2.52448340349684104192e-3) * r2 +
+                    2.27265548208155028766e-1) * r2 + 2.00000000000000000009e0;
+  const double e = 1.0 + 2.0 * (p / (q - p));
+  // n can reach -1075 (subnormal results): scale in two steps to stay exact.
+  const int ni = static_cast<int>(n);
+  return ni < -1000 ? ldexp_(ldexp_(e, ni + 1000), -1000) : ldexp_(e, ni);
+}
+
+template <typename A>
+SEGOPS_HOST_DEVICE A sigmoid_(A z) {
+  return A(1) / (A(1) + exp_portable(-z));
+}
+
+// ---- YOLACT's crop ----
+
+// The integer indices [begin, end) of an axis of `size` pixels that YOLACT's crop keeps for
+// relative coordinates b1, b2: lo = clamp(min(b1, b2) * S - padding, min=0),
+// hi = clamp(max(b1, b2) * S + padding, max=S), i kept iff lo <= i < hi. A NaN makes every
+// comparison false (torch.min/clamp propagate NaN), so the range is empty.
+struct IndexRange {
+  int64_t begin, end;
+  SEGOPS_HOST_DEVICE bool contains(int64_t i) const { return begin <= i && i < end; }
+};
+
+template <typename A>
+SEGOPS_HOST_DEVICE IndexRange crop_range(A b1, A b2, int64_t size, int64_t padding) {
+  if (!(b1 == b1) || !(b2 == b2)) return {0, 0};
+  const A s = static_cast<A>(size), p = static_cast<A>(padding);
+  A lo = min_(b1, b2) * s - p;
+  A hi = max_(b1, b2) * s + p;
+  lo = max_(lo, A(0));
+  hi = min_(hi, s);
+  // i >= lo  <=>  i >= ceil(lo);  i < hi  <=>  i < ceil(hi). Clip before converting.
+  const A first = ceil_(min_(lo, s));
+  const A last = ceil_(max_(hi, A(0)));
+  const int64_t b = static_cast<int64_t>(first), e = static_cast<int64_t>(last);
+  return {b, e > b ? e : b};
+}
+
+// logit = sum_k protos[k * stride] * coeffs[k], in order k = 0..K-1, in acc_t.
+template <typename T>
+SEGOPS_HOST_DEVICE acc_t<T> proto_logit(const T* protos, int64_t stride, const T* coeffs,
+                                        int64_t k) {
+  acc_t<T> z = 0;
+  for (int64_t i = 0; i < k; ++i)
+    z += static_cast<acc_t<T>>(protos[i * stride]) * static_cast<acc_t<T>>(coeffs[i]);
+  return z;
+}
+
+// ---- bilinear resize, align_corners=False (F.interpolate's source index and weights) ----
+
+template <typename A>
+struct LinearTap {
+  int64_t i0, i1;
+  A l0, l1;
+};
+
+// Output index `o` of an axis resized from n_in to n_out samples.
+template <typename A>
+SEGOPS_HOST_DEVICE LinearTap<A> resize_tap(int64_t o, int64_t n_in, int64_t n_out) {
+  if (n_in == n_out) return {o, o, A(1), A(0)};
+  const A scale = static_cast<A>(n_in) / static_cast<A>(n_out);
+  A src = scale * (static_cast<A>(o) + A(0.5)) - A(0.5);
+  src = max_(src, A(0));
+  int64_t i0 = static_cast<int64_t>(floor_(src));
+  i0 = i0 < n_in - 1 ? i0 : n_in - 1;
+  const A l1 = min_(max_(src - static_cast<A>(i0), A(0)), A(1));
+  const int64_t i1 = i0 + (i0 < n_in - 1 ? 1 : 0);
+  return {i0, i1, A(1) - l1, l1};
+}
+
+// (v00 * lx0 + v01 * lx1) * ly0 + (v10 * lx0 + v11 * lx1) * ly1, in that order.
+template <typename A>
+SEGOPS_HOST_DEVICE A blend(A v00, A v01, A v10, A v11, const LinearTap<A>& ty,
+                           const LinearTap<A>& tx) {
+  return (v00 * tx.l0 + v01 * tx.l1) * ty.l0 + (v10 * tx.l0 + v11 * tx.l1) * ty.l1;
+}
+
+// ---- detectron2's paste: grid_sample(bilinear, zeros, align_corners=False) ----
+
+// One axis of the sampling position of pixel `p` for a box [b0, b1] over a mask of m cells:
+// g = ((p + 0.5) - b0) / (b1 - b0) * 2 - 1, then grid_sample's unnormalisation
+// ((g + 1) * m - 1) / 2. Corner `lo` has weight w_lo = (lo + 1) - pos, corner lo + 1 has
+// weight w_hi = pos - lo; a corner outside [0, m) contributes nothing.
+template <typename A>
+struct GridTap {
+  int64_t lo;
+  A w_lo, w_hi;
+};
+
+template <typename A>
+SEGOPS_HOST_DEVICE GridTap<A> grid_tap(int64_t p, A b0, A b1, int64_t m) {
+  const A g = ((static_cast<A>(p) + A(0.5)) - b0) / (b1 - b0) * A(2) - A(1);
+  const A pos = ((g + A(1)) * static_cast<A>(m) - A(1)) / A(2);
+  const A lo = floor_(pos);
+  // Far outside the mask: clamp before converting (both corners are then out of range).
+  const A lo_c = min_(max_(lo, A(-2)), static_cast<A>(m) + A(1));
+  return {static_cast<int64_t>(lo_c), (lo + A(1)) - pos, pos - lo};
+}
+
+// Sum of the in-range corners, in grid_sample's order (nw, ne, sw, se).
+template <typename T, typename A>
+SEGOPS_HOST_DEVICE A grid_sample_zeros(const T* mask, int64_t mh, int64_t mw,
+                                       const GridTap<A>& ty, const GridTap<A>& tx) {
+  A v = 0;
+  const int64_t y0 = ty.lo, y1 = ty.lo + 1, x0 = tx.lo, x1 = tx.lo + 1;
+  const bool iy0 = 0 <= y0 && y0 < mh, iy1 = 0 <= y1 && y1 < mh;
+  const bool ix0 = 0 <= x0 && x0 < mw, ix1 = 0 <= x1 && x1 < mw;
+  if (iy0 && ix0) v += static_cast<A>(mask[y0 * mw + x0]) * (tx.w_lo * ty.w_lo);
+  if (iy0 && ix1) v += static_cast<A>(mask[y0 * mw + x1]) * (tx.w_hi * ty.w_lo);
+  if (iy1 && ix0) v += static_cast<A>(mask[y1 * mw + x0]) * (tx.w_lo * ty.w_hi);
+  if (iy1 && ix1) v += static_cast<A>(mask[y1 * mw + x1]) * (tx.w_hi * ty.w_hi);
+  return v;
+}
+
+// ---- torchvision's paste: expand the box by (m + 2) / m, truncate to int ----
+
+struct PasteBox {
+  int64_t x0, y0, x1, y1;  // inclusive corners of the resized (padded) mask in the image
+  int64_t w, h;            // its size: max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+};
+
+template <typename A>
+SEGOPS_HOST_DEVICE int64_t trunc_coord(A v) {
+  // Truncation toward zero, as Tensor.to(int64); clamped far outside any image.
+  const A limit = A(1099511627776.0);  // 2^40
+  return static_cast<int64_t>(min_(max_(v, -limit), limit));
+}
+
+template <typename A>
+SEGOPS_HOST_DEVICE PasteBox torchvision_paste_box(A x0, A y0, A x1, A y1, A scale) {
+  A w_half = (x1 - x0) * A(0.5);
+  A h_half = (y1 - y0) * A(0.5);
+  const A x_c = (x1 + x0) * A(0.5);
+  const A y_c = (y1 + y0) * A(0.5);
+  w_half = w_half * scale;
+  h_half = h_half * scale;
+  PasteBox b;
+  b.x0 = trunc_coord(x_c - w_half);
+  b.x1 = trunc_coord(x_c + w_half);
+  b.y0 = trunc_coord(y_c - h_half);
+  b.y1 = trunc_coord(y_c + h_half);
+  b.w = b.x1 - b.x0 + 1 > 1 ? b.x1 - b.x0 + 1 : 1;
+  b.h = b.y1 - b.y0 + 1 > 1 ? b.y1 - b.y0 + 1 : 1;
+  return b;
+}
+
+// Value of the mask zero-padded by one cell: padded[i][j] = mask[i - 1][j - 1] inside.
+template <typename T, typename A>
+SEGOPS_HOST_DEVICE A padded_at(const T* mask, int64_t mh, int64_t mw, int64_t i, int64_t j) {
+  return (i >= 1 && i <= mh && j >= 1 && j <= mw) ? static_cast<A>(mask[(i - 1) * mw + (j - 1)])
+                                                  : A(0);
+}
+
+}  // namespace segops

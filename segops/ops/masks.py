@@ -1,0 +1,211 @@
+"""Masks: YOLACT prototype assembly and Mask R-CNN mask pasting (SPEC §3)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ._registry import check_float, check_same_device, check_tensor, fake, pair, register_autocast
+
+
+def _check_threshold(threshold: float, op: str) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"{op}: `threshold` must be a float, got {type(threshold).__name__}")
+    if math.isnan(threshold):
+        raise ValueError(f"{op}: `threshold` must not be NaN")
+    return float(threshold)
+
+
+def _check_image_size(image_size: int | Sequence[int], op: str) -> tuple[int, int]:
+    return pair(image_size, op, "image_size")
+
+
+def assemble_masks(
+    protos: Tensor,
+    coeffs: Tensor,
+    boxes: Tensor,
+    padding: int = 1,
+    *,
+    image_size: int | tuple[int, int] | None = None,
+    threshold: float = 0.5,
+) -> Tensor:
+    """YOLACT's mask assembly: ``sigmoid(protos @ coeffs.T)`` cropped to each box.
+
+    Args:
+        protos: ``Tensor[H, W, k]`` prototypes (YOLACT's layout, e.g. 138x138x32),
+            float32/float64/float16/bfloat16.
+        coeffs: ``Tensor[N, k]`` mask coefficients, protos' dtype.
+        boxes: ``Tensor[N, 4]`` relative ``(x1, y1, x2, y2)`` in ``[0, 1]`` of the image, any
+            float dtype. Reversed corners are allowed (YOLACT takes min/max).
+        padding: YOLACT's crop padding in proto pixels.
+        image_size: ``None`` for the proto-resolution masks; ``(h, w)`` (or an int) for
+            the fused inference form.
+        threshold: the fused form's foreground test, ``value > threshold``.
+
+    Returns:
+        ``image_size=None``: ``Tensor[N, H, W]`` in protos' dtype, differentiable w.r.t.
+        ``protos`` and ``coeffs``. Per axis (``S`` = W for x, H for y), YOLACT's crop keeps
+        integer index ``i`` iff ``lo <= i < hi`` with
+        ``lo = clamp(min(b1, b2) * S - padding, min=0)`` and
+        ``hi = clamp(max(b1, b2) * S + padding, max=S)``, evaluated in the boxes' dtype
+        promoted to at least float32; other pixels are 0. Logits and sigmoid run in float32
+        for half types.
+
+        ``image_size=(h, w)``: bool ``Tensor[N, h, w]``, the fused
+        ``F.interpolate(masks[None], (h, w), mode="bilinear", align_corners=False)[0] >
+        threshold`` (masks rounded to protos' dtype, the comparison in it), with no float
+        intermediate at image size and work bounded by each crop's footprint.
+
+    Exactness: CPU and CUDA evaluate the same arithmetic (no FMA, a portable exp), so
+    their masks are identical bit for bit. They equal torch's composition except where its
+    value rounds differently at the threshold: torch's own CPU bilinear kernel uses FMA
+    and shape-dependent code paths, and its matmul sums in BLAS order.
+    """
+    op = "assemble_masks"
+    check_tensor(protos, op, "protos")
+    check_tensor(coeffs, op, "coeffs")
+    check_tensor(boxes, op, "boxes")
+    check_float(protos, op, "protos")
+    if protos.dim() != 3:
+        raise ValueError(f"{op}: `protos` must be [H, W, k], got shape {tuple(protos.shape)}")
+    if coeffs.dim() != 2 or coeffs.shape[1] != protos.shape[2]:
+        raise ValueError(
+            f"{op}: `coeffs` must be [N, k] with k = protos.shape[2] = {protos.shape[2]}, "
+            f"got shape {tuple(coeffs.shape)}"
+        )
+    if coeffs.dtype != protos.dtype:
+        raise TypeError(
+            f"{op}: `coeffs` must have protos' dtype {protos.dtype}, got {coeffs.dtype}"
+        )
+    check_float(boxes, op, "boxes")
+    if boxes.dim() != 2 or boxes.shape[1] != 4 or boxes.shape[0] != coeffs.shape[0]:
+        raise ValueError(
+            f"{op}: `boxes` must be [N, 4] with N = coeffs.shape[0] = {coeffs.shape[0]}, "
+            f"got shape {tuple(boxes.shape)}"
+        )
+    check_same_device(op, "protos", {"protos": protos, "coeffs": coeffs, "boxes": boxes})
+    if isinstance(padding, bool) or not isinstance(padding, int):
+        raise TypeError(f"{op}: `padding` must be an int, got {type(padding).__name__}")
+    if image_size is None:
+        return torch.ops.segops.assemble_masks(protos, coeffs, boxes, padding)
+    h, w = _check_image_size(image_size, op)
+    threshold = _check_threshold(threshold, op)
+    return torch.ops.segops.assemble_masks_upsampled(protos, coeffs, boxes, padding, h, w,
+                                                     threshold)
+
+
+def paste_masks(
+    masks: Tensor,
+    boxes: Tensor,
+    image_size: int | tuple[int, int],
+    threshold: float | None = 0.5,
+    mode: str = "detectron2",
+) -> Tensor:
+    """Paste per-box mask probabilities (Mask R-CNN's 28x28, any size) into the image.
+
+    Args:
+        masks: ``Tensor[N, Mh, Mw]`` or ``Tensor[N, 1, Mh, Mw]``, float32/float64/float16/
+            bfloat16 probabilities.
+        boxes: ``Tensor[N, 4]`` absolute ``(x0, y0, x1, y1)`` in image pixels.
+        image_size: ``(H, W)`` of the image (or an int for a square one).
+        threshold: foreground iff ``value >= threshold`` (compared in masks' dtype); ``None``
+            returns the pasted values instead.
+        mode: ``"detectron2"``: pixel ``(x, y)`` samples the mask with grid_sample semantics
+            (bilinear, zero padding, ``align_corners=False``) at
+            ``gx = ((x + 0.5) - x0) / (x1 - x0) * 2 - 1`` (same for y), as detectron2's GPU
+            path, over every pixel the bilinear footprint reaches (detectron2's CPU path
+            clips to the box +-1 px); boxes with ``x1 <= x0`` or ``y1 <= y0`` paste nothing.
+            ``"torchvision"``: torchvision's ``paste_masks_in_image``: the mask padded by one
+            cell, the box scaled by ``(Mw + 2) / Mw`` about its centre and truncated to
+            integers, the padded mask resized bilinearly onto it and clipped to the image.
+
+    Returns:
+        bool ``Tensor[N, H, W]``, or masks' dtype when ``threshold is None``.
+
+    Geometry and accumulation run in float64 when masks or boxes is float64, else float32;
+    a box with a non-finite coordinate pastes nothing. Memory is the output's; work is
+    bounded by each box's pixels (plus the fill of the rest of the output). torchvision
+    returns ``[N, 1, H, W]`` floats and fails for boxes far right of or below the image;
+    here such pixels are simply outside.
+    """
+    op = "paste_masks"
+    check_tensor(masks, op, "masks")
+    check_tensor(boxes, op, "boxes")
+    check_float(masks, op, "masks")
+    if masks.dim() == 4 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    if masks.dim() != 3 or masks.shape[1] < 1 or masks.shape[2] < 1:
+        raise ValueError(
+            f"{op}: `masks` must be [N, Mh, Mw] or [N, 1, Mh, Mw] with Mh, Mw >= 1, "
+            f"got shape {tuple(masks.shape)}"
+        )
+    check_float(boxes, op, "boxes")
+    if boxes.dim() != 2 or boxes.shape[1] != 4 or boxes.shape[0] != masks.shape[0]:
+        raise ValueError(
+            f"{op}: `boxes` must be [N, 4] with N = masks.shape[0] = {masks.shape[0]}, "
+            f"got shape {tuple(boxes.shape)}"
+        )
+    check_same_device(op, "masks", {"masks": masks, "boxes": boxes})
+    h, w = _check_image_size(image_size, op)
+    if threshold is not None:
+        threshold = _check_threshold(threshold, op)
+    if mode not in ("detectron2", "torchvision"):
+        raise ValueError(f'{op}: `mode` must be "detectron2" or "torchvision", got {mode!r}')
+    return torch.ops.segops.paste_masks(masks, boxes, h, w, threshold, mode)
+
+
+# ---- fake (shape) implementations ----
+
+
+@fake("assemble_masks")
+def _(protos, coeffs, boxes, padding):
+    return protos.new_empty((coeffs.shape[0], protos.shape[0], protos.shape[1]))
+
+
+@fake("assemble_masks_upsampled")
+def _(protos, coeffs, boxes, padding, height, width, threshold):
+    return protos.new_empty((coeffs.shape[0], height, width), dtype=torch.bool)
+
+
+@fake("paste_masks")
+def _(masks, boxes, height, width, threshold, mode):
+    dtype = masks.dtype if threshold is None else torch.bool
+    return masks.new_empty((masks.shape[0], height, width), dtype=dtype)
+
+
+# ---- autograd: out = crop * sigmoid(z), z = protos @ coeffs.T ----
+# dL/dz = g * out * (1 - out) (zero outside the crop, where out = 0); the two products
+# with protos and coeffs are matrix multiplications, run in float32 for half types.
+
+
+def _assemble_setup(ctx, inputs, output):
+    protos, coeffs, _boxes, _padding = inputs
+    ctx.save_for_backward(protos, coeffs, output)
+
+
+def _assemble_backward(ctx, grad):
+    protos, coeffs, out = ctx.saved_tensors
+    acc = torch.float64 if protos.dtype == torch.float64 else torch.float32
+    o = out.to(acc)
+    gz = grad.to(acc) * o * (1 - o)  # [N, H, W]
+    h, w, k = protos.shape
+    gz2 = gz.reshape(gz.shape[0], h * w)  # [N, HW]
+    grad_protos = grad_coeffs = None
+    if ctx.needs_input_grad[0]:
+        grad_protos = (gz2.t() @ coeffs.to(acc)).reshape(h, w, k).to(protos.dtype)
+    if ctx.needs_input_grad[1]:
+        grad_coeffs = (gz2 @ protos.reshape(h * w, k).to(acc)).to(coeffs.dtype)
+    return grad_protos, grad_coeffs, None, None
+
+
+torch.library.register_autograd(
+    "segops::assemble_masks", _assemble_backward, setup_context=_assemble_setup
+)
+
+# ---- autocast: float32 compute, result in protos' dtype (bool masks stay bool) ----
+
+register_autocast("assemble_masks", float_args=(0, 1))
+register_autocast("assemble_masks_upsampled", float_args=(0, 1))
