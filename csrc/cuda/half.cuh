@@ -16,14 +16,18 @@ struct alignas(2) half_t {
   __half v;
   half_t() = default;
   __device__ explicit half_t(float f) : v(__float2half_rn(f)) {}
+  __device__ explicit half_t(double d) : half_t(static_cast<float>(d)) {}  // as c10::Half
   __device__ explicit operator float() const { return __half2float(v); }
+  __device__ explicit operator double() const { return __half2float(v); }
 };
 
 struct alignas(2) bfloat16_t {
   __nv_bfloat16 v;
   bfloat16_t() = default;
   __device__ explicit bfloat16_t(float f) : v(__float2bfloat16_rn(f)) {}
+  __device__ explicit bfloat16_t(double d) : bfloat16_t(static_cast<float>(d)) {}
   __device__ explicit operator float() const { return __bfloat162float(v); }
+  __device__ explicit operator double() const { return __bfloat162float(v); }
 };
 
 static_assert(sizeof(half_t) == 2 && sizeof(bfloat16_t) == 2, "half wrappers must be 2 bytes");
