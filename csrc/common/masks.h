@@ -6,21 +6,45 @@
 // the same bits for the same inputs, which is what makes their masks identical.
 #pragma once
 
+#include <string.h>
+
 #include "macros.h"
 
 namespace segops {
 
-SEGOPS_HOST_DEVICE float ldexp_(float v, int e) { return ldexpf(v, e); }
-SEGOPS_HOST_DEVICE double ldexp_(double v, int e) { return ldexp(v, e); }
+// 2^e from its bit pattern: e in [-126, 127] (float), [-1022, 1023] (double).
+SEGOPS_HOST_DEVICE float pow2_(int32_t e) {
+  const int32_t bits = (e + 127) << 23;
+#ifdef __CUDA_ARCH__
+  return __int_as_float(bits);
+#else
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+#endif
+}
 
-// exp(x) from basic arithmetic only (Cody–Waite reduction and Cephes' minimax
-// polynomials, within 2 ulp), so that it rounds identically on every device. ldexp is exact.
+SEGOPS_HOST_DEVICE double pow2_(int64_t e) {
+  const int64_t bits = (e + 1023) << 52;
+#ifdef __CUDA_ARCH__
+  return __longlong_as_double(static_cast<long long>(bits));
+#else
+  double d;
+  memcpy(&d, &bits, sizeof d);
+  return d;
+#endif
+}
+
+// exp(x) from basic arithmetic only, so that it rounds identically on every device:
+// x = n ln2 + r with n rounded to nearest (the 1.5 * 2^23 trick) and a two-part ln2
+// (Cody & Waite; the high part is short enough that n * hi is exact), exp(r) by Cephes'
+// minimax polynomial (within 2 ulp), and 2^n applied as two exact power-of-two factors
+// (one rounding, even into subnormals). Branch-free, so that CPU loops vectorise.
 SEGOPS_HOST_DEVICE float exp_portable(float x) {
-  if (!(x == x)) return x;                      // NaN
-  if (x > 88.72283905f) return ldexp_(1.0f, 128);  // +inf
-  if (x < -103.972084f) return 0.0f;
-  const float n = floor_(x * 1.44269504088896341f + 0.5f);
-  float r = x - n * 0.693359375f;  // ln2 split: the high part has 9 bits, so n*hi is exact
+  const bool nan = !(x == x);
+  const float xc = nan ? 0.0f : min_(max_(x, -103.972084f), 88.7228394f);
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -29,25 +53,30 @@ SEGOPS_HOST_DEVICE float exp_portable(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float y = p * (r * r) + r + 1.0f;
-  return ldexp_(y, static_cast<int>(n));
+  const int32_t ni = static_cast<int32_t>(n), n1 = ni / 2;
+  float e = y * pow2_(n1) * pow2_(ni - n1);
+  e = x > 88.7228394f ? INFINITY : e;
+  e = x < -103.972084f ? 0.0f : e;
+  return nan ? x : e;
 }
 
 SEGOPS_HOST_DEVICE double exp_portable(double x) {
-  if (!(x == x)) return x;
-  if (x > 709.782712893384) return ldexp_(1.0, 1024);
-  if (x < -745.1332191019412) return 0.0;
-  const double n = floor_(x * 1.4426950408889634073599 + 0.5);
-  double r = x - n * 6.93145751953125e-1;
+  const bool nan = !(x == x);
+  const double xc = nan ? 0.0 : min_(max_(x, -745.1332191019412), 709.782712893384);
+  const double n = (xc * 1.4426950408889634073599 + 6755399441055744.0) - 6755399441055744.0;
+  double r = xc - n * 6.93145751953125e-1;
   r = r - n * 1.42860682030941723212e-6;
   const double r2 = r * r;
   const double p = r * ((1.26177193074810590878e-4 * r2 + 3.02994407707441961300e-2) * r2 +
                         9.99999999999999999910e-1);
   const double q = ((3.00198505138664455042e-6 * r2 + 2.52448340349684104192e-3) * r2 +
                     2.27265548208155028766e-1) * r2 + 2.00000000000000000009e0;
-  const double e = 1.0 + 2.0 * (p / (q - p));
-  // n can reach -1075 (subnormal results): scale in two steps to stay exact.
-  const int ni = static_cast<int>(n);
-  return ni < -1000 ? ldexp_(ldexp_(e, ni + 1000), -1000) : ldexp_(e, ni);
+  const double y = 1.0 + 2.0 * (p / (q - p));
+  const int64_t ni = static_cast<int64_t>(n), n1 = ni / 2;
+  double e = y * pow2_(n1) * pow2_(ni - n1);
+  e = x > 709.782712893384 ? static_cast<double>(INFINITY) : e;
+  e = x < -745.1332191019412 ? 0.0 : e;
+  return nan ? x : e;
 }
 
 template <typename A>
@@ -120,45 +149,32 @@ SEGOPS_HOST_DEVICE A blend(A v00, A v01, A v10, A v11, const LinearTap<A>& ty,
   return (v00 * tx.l0 + v01 * tx.l1) * ty.l0 + (v10 * tx.l0 + v11 * tx.l1) * ty.l1;
 }
 
-// ---- detectron2's paste: grid_sample(bilinear, zeros, align_corners=False) ----
+// ---- paste_masks: both modes are a bilinear blend over the mask read as 0 outside ----
 
-// One axis of the sampling position of pixel `p` for a box [b0, b1] over a mask of m cells:
-// g = ((p + 0.5) - b0) / (b1 - b0) * 2 - 1, then grid_sample's unnormalisation
-// ((g + 1) * m - 1) / 2. Corner `lo` has weight w_lo = (lo + 1) - pos, corner lo + 1 has
-// weight w_hi = pos - lo; a corner outside [0, m) contributes nothing.
-template <typename A>
-struct GridTap {
-  int64_t lo;
-  A w_lo, w_hi;
-};
+// mask[i][j] for i in [0, mh), j in [0, mw); 0 elsewhere.
+template <typename T, typename A>
+SEGOPS_HOST_DEVICE A mask_at(const T* mask, int64_t mh, int64_t mw, int64_t i, int64_t j) {
+  return (0 <= i && i < mh && 0 <= j && j < mw) ? static_cast<A>(mask[i * mw + j]) : A(0);
+}
 
+// detectron2 (grid_sample, bilinear, zeros, align_corners=False), one axis: pixel p of a
+// box [b0, b1] over m cells samples position
+//   pos = ((g + 1) * m - 1) / 2,  g = ((p + 0.5) - b0) / (b1 - b0) * 2 - 1,
+// from cells lo = floor(pos) and lo + 1 with weights (lo + 1) - pos and pos - lo. A
+// position whose two cells both lie outside the mask (or that is not finite) gets zero
+// weights on cells outside, so that its value is exactly 0.
 template <typename A>
-SEGOPS_HOST_DEVICE GridTap<A> grid_tap(int64_t p, A b0, A b1, int64_t m) {
+SEGOPS_HOST_DEVICE LinearTap<A> grid_tap(int64_t p, A b0, A b1, int64_t m) {
   const A g = ((static_cast<A>(p) + A(0.5)) - b0) / (b1 - b0) * A(2) - A(1);
   const A pos = ((g + A(1)) * static_cast<A>(m) - A(1)) / A(2);
+  if (!(pos > A(-1) && pos < static_cast<A>(m))) return {-2, -1, A(0), A(0)};
   const A lo = floor_(pos);
-  // Far outside the mask: clamp before converting (both corners are then out of range).
-  const A lo_c = min_(max_(lo, A(-2)), static_cast<A>(m) + A(1));
-  return {static_cast<int64_t>(lo_c), (lo + A(1)) - pos, pos - lo};
+  const int64_t i = static_cast<int64_t>(lo);
+  return {i, i + 1, (lo + A(1)) - pos, pos - lo};
 }
 
-// Sum of the in-range corners, in grid_sample's order (nw, ne, sw, se).
-template <typename T, typename A>
-SEGOPS_HOST_DEVICE A grid_sample_zeros(const T* mask, int64_t mh, int64_t mw,
-                                       const GridTap<A>& ty, const GridTap<A>& tx) {
-  A v = 0;
-  const int64_t y0 = ty.lo, y1 = ty.lo + 1, x0 = tx.lo, x1 = tx.lo + 1;
-  const bool iy0 = 0 <= y0 && y0 < mh, iy1 = 0 <= y1 && y1 < mh;
-  const bool ix0 = 0 <= x0 && x0 < mw, ix1 = 0 <= x1 && x1 < mw;
-  if (iy0 && ix0) v += static_cast<A>(mask[y0 * mw + x0]) * (tx.w_lo * ty.w_lo);
-  if (iy0 && ix1) v += static_cast<A>(mask[y0 * mw + x1]) * (tx.w_hi * ty.w_lo);
-  if (iy1 && ix0) v += static_cast<A>(mask[y1 * mw + x0]) * (tx.w_lo * ty.w_hi);
-  if (iy1 && ix1) v += static_cast<A>(mask[y1 * mw + x1]) * (tx.w_hi * ty.w_hi);
-  return v;
-}
-
-// ---- torchvision's paste: expand the box by (m + 2) / m, truncate to int ----
-
+// torchvision (paste_masks_in_image): the box expanded by (m + 2) / m about its centre and
+// truncated to integers; the mask zero-padded by one cell is resized onto it.
 struct PasteBox {
   int64_t x0, y0, x1, y1;  // inclusive corners of the resized (padded) mask in the image
   int64_t w, h;            // its size: max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
@@ -189,11 +205,15 @@ SEGOPS_HOST_DEVICE PasteBox torchvision_paste_box(A x0, A y0, A x1, A y1, A scal
   return b;
 }
 
-// Value of the mask zero-padded by one cell: padded[i][j] = mask[i - 1][j - 1] inside.
-template <typename T, typename A>
-SEGOPS_HOST_DEVICE A padded_at(const T* mask, int64_t mh, int64_t mw, int64_t i, int64_t j) {
-  return (i >= 1 && i <= mh && j >= 1 && j <= mw) ? static_cast<A>(mask[(i - 1) * mw + (j - 1)])
-                                                  : A(0);
+// Image pixel p of an axis whose box starts at `start` and spans `size` pixels: the resize
+// tap of the (m + 2)-cell padded mask, shifted back to unpadded cell indices.
+template <typename A>
+SEGOPS_HOST_DEVICE LinearTap<A> torchvision_tap(int64_t p, int64_t start, int64_t size,
+                                                int64_t m) {
+  LinearTap<A> t = resize_tap<A>(p - start, m + 2, size);
+  t.i0 -= 1;
+  t.i1 -= 1;
+  return t;
 }
 
 }  // namespace segops

@@ -22,41 +22,26 @@
 namespace segops {
 namespace {
 
-// The output type's value for an accumulated value v: the value rounded to T, or the
-// comparison of that rounded value with the threshold (rounded to T) for bool outputs.
+// Thresholds are rounded to the data dtype T (through its accumulation type), as torch
+// rounds the scalar of `tensor > threshold`; values are rounded to T before the test.
 template <typename T, typename A>
-struct Emit {
-  bool binary;
-  bool strict;  // '>' (assemble_masks) or '>=' (paste_masks)
-  A thr;
-  template <typename O>
-  O operator()(A v) const {
-    const A r = static_cast<A>(static_cast<T>(v));
-    if constexpr (std::is_same_v<O, bool>) {
-      return strict ? r > thr : r >= thr;
-    } else {
-      return static_cast<O>(r);
-    }
-  }
-};
-
-template <typename T, typename A>
-Emit<T, A> make_emit(const std::optional<double>& threshold, bool strict) {
-  const double t = threshold.value_or(0.0);
-  return {threshold.has_value(), strict,
-          static_cast<A>(static_cast<T>(static_cast<acc_t<T>>(t)))};
+A rounded_threshold(double t) {
+  return static_cast<A>(static_cast<T>(static_cast<acc_t<T>>(t)));
 }
 
 // ---- assemble_masks ----
 
-// protos [H, W, K] -> [K, H * W] in the accumulation type, so that the logit loop runs
-// along contiguous pixels (each pixel still sums k = 0..K-1 in order, as on CUDA).
+// protos [H, W, K] -> [H][K][W] in the accumulation type: the logit loop then runs along
+// contiguous pixels of one row (each pixel still sums k = 0..K-1 in order, as on CUDA),
+// and one row's K x W block stays in L1 across the masks that cross it.
 template <typename T>
-std::vector<acc_t<T>> transpose_protos(const T* protos, int64_t hw, int64_t k) {
-  std::vector<acc_t<T>> t(static_cast<size_t>(hw * k));
-  at::parallel_for(0, k, 1, [&](int64_t k0, int64_t k1) {
-    for (int64_t c = k0; c < k1; ++c)
-      for (int64_t p = 0; p < hw; ++p) t[c * hw + p] = static_cast<acc_t<T>>(protos[p * k + c]);
+std::vector<acc_t<T>> transpose_protos(const T* protos, int64_t h, int64_t w, int64_t k) {
+  std::vector<acc_t<T>> t(static_cast<size_t>(h * w * k));
+  at::parallel_for(0, h, 4, [&](int64_t y0, int64_t y1) {
+    for (int64_t y = y0; y < y1; ++y)
+      for (int64_t x = 0; x < w; ++x)
+        for (int64_t c = 0; c < k; ++c)
+          t[(y * k + c) * w + x] = static_cast<acc_t<T>>(protos[(y * w + x) * k + c]);
   });
   return t;
 }
@@ -65,7 +50,7 @@ template <typename T, typename B>
 void assemble_kernel(const T* protos, const T* coeffs, const B* boxes, int64_t n, int64_t h,
                      int64_t w, int64_t k, int64_t padding, T* out) {
   using A = acc_t<T>;
-  const std::vector<A> pt = transpose_protos(protos, h * w, k);
+  const std::vector<A> pt = transpose_protos(protos, h, w, k);
   at::parallel_for(0, n, 1, [&](int64_t n0, int64_t n1) {
     std::vector<A> z(static_cast<size_t>(w));
     for (int64_t i = n0; i < n1; ++i) {
@@ -79,7 +64,7 @@ void assemble_kernel(const T* protos, const T* coeffs, const B* boxes, int64_t n
         for (int64_t x = rx.begin; x < rx.end; ++x) zr[x] = A(0);
         for (int64_t j = 0; j < k; ++j) {
           const A cj = static_cast<A>(c[j]);
-          const A* row = pt.data() + j * h * w + y * w;
+          const A* row = pt.data() + (y * k + j) * w;
           for (int64_t x = rx.begin; x < rx.end; ++x) zr[x] += row[x] * cj;
         }
         T* o = out + (i * h + y) * w;
@@ -87,6 +72,46 @@ void assemble_kernel(const T* protos, const T* coeffs, const B* boxes, int64_t n
       }
     }
   });
+}
+
+// One output plane [oh, ow] of a bilinear blend, computed separably. Values may be
+// non-zero only in rows x cols; there ty/tx (indexed from the ranges' begins) give the
+// taps and at(i, j) the source (0 outside). Each pixel is
+//   (at(i0y, i0x) * l0x + at(i0y, i1x) * l1x) * l0y + (at(i1y, i0x) * l0x + ...) * l1y,
+// blend()'s order: the row terms are computed once per source row and reused by every
+// output row that reads it. Every other pixel gets `bg`, the value 0 maps to.
+template <typename A, typename O, typename At, typename Emit>
+void render_plane(O* out, int64_t oh, int64_t ow, IndexRange rows, IndexRange cols,
+                  const LinearTap<A>* ty, const LinearTap<A>* tx, At&& at, O bg, Emit emit,
+                  std::vector<A>& hbuf) {
+  if (rows.begin >= rows.end || cols.begin >= cols.end) {
+    std::fill(out, out + oh * ow, bg);
+    return;
+  }
+  const int64_t nr = rows.end - rows.begin, nc = cols.end - cols.begin;
+  int64_t s0 = ty[0].i0, s1 = ty[0].i1;
+  for (int64_t r = 0; r < nr; ++r) {
+    s0 = std::min(s0, ty[r].i0);
+    s1 = std::max(s1, ty[r].i1);
+  }
+  hbuf.resize(static_cast<size_t>((s1 - s0 + 1) * nc));
+  for (int64_t s = s0; s <= s1; ++s) {
+    A* hb = hbuf.data() + (s - s0) * nc;
+    for (int64_t j = 0; j < nc; ++j)
+      hb[j] = at(s, tx[j].i0) * tx[j].l0 + at(s, tx[j].i1) * tx[j].l1;
+  }
+  std::fill(out, out + rows.begin * ow, bg);
+  for (int64_t r = 0; r < nr; ++r) {
+    O* o = out + (rows.begin + r) * ow;
+    std::fill(o, o + cols.begin, bg);
+    const A* h0 = hbuf.data() + (ty[r].i0 - s0) * nc;
+    const A* h1 = hbuf.data() + (ty[r].i1 - s0) * nc;
+    const A l0 = ty[r].l0, l1 = ty[r].l1;
+    O* oc = o + cols.begin;
+    for (int64_t j = 0; j < nc; ++j) oc[j] = emit(h0[j] * l0 + h1[j] * l1);
+    std::fill(o + cols.end, o + ow, bg);
+  }
+  std::fill(out + rows.end * ow, out + oh * ow, bg);
 }
 
 // Dispatches T (protos) and B (box geometry: float64 boxes stay float64, else float32).
@@ -137,39 +162,28 @@ IndexRange reaching(const std::vector<LinearTap<A>>& taps, const IndexRange& r) 
 
 template <typename T, typename B>
 void upsample_kernel(const T* cropped, const B* boxes, int64_t n, int64_t h, int64_t w,
-                     int64_t padding, int64_t oh, int64_t ow, const Emit<T, acc_t<T>>& emit,
-                     bool* out) {
+                     int64_t padding, int64_t oh, int64_t ow, double threshold, bool* out) {
   using A = acc_t<T>;
   std::vector<LinearTap<A>> ty(oh), tx(ow);
   for (int64_t o = 0; o < oh; ++o) ty[o] = resize_tap<A>(o, h, oh);
   for (int64_t o = 0; o < ow; ++o) tx[o] = resize_tap<A>(o, w, ow);
-  std::vector<IndexRange> rows(n), cols(n);  // output rows/columns reaching each crop
-  for (int64_t i = 0; i < n; ++i) {
-    const B* b = boxes + 4 * i;
-    const IndexRange rx = crop_range<B>(b[0], b[2], w, padding);
-    const IndexRange ry = crop_range<B>(b[1], b[3], h, padding);
-    const bool empty = rx.begin >= rx.end || ry.begin >= ry.end;
-    rows[i] = empty ? IndexRange{0, 0} : reaching(ty, ry);
-    cols[i] = empty ? IndexRange{0, 0} : reaching(tx, rx);
-  }
-  const bool bg = emit.template operator()<bool>(A(0));
-  at::parallel_for(0, n * oh, 64, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t i = r / oh, y = r % oh;
-      bool* o = out + r * ow;
-      const IndexRange cx = rows[i].contains(y) ? cols[i] : IndexRange{0, 0};
-      for (int64_t x = 0; x < cx.begin; ++x) o[x] = bg;
+  const A thr = rounded_threshold<T, A>(threshold);
+  const auto to_bool = [thr](A v) -> bool { return static_cast<A>(static_cast<T>(v)) > thr; };
+  const bool bg = to_bool(A(0));
+  at::parallel_for(0, n, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<A> hbuf;
+    for (int64_t i = n0; i < n1; ++i) {
+      // Only output pixels reading a kept proto pixel can differ from bg.
+      const B* b = boxes + 4 * i;
+      const IndexRange rx = crop_range<B>(b[0], b[2], w, padding);
+      const IndexRange ry = crop_range<B>(b[1], b[3], h, padding);
+      const bool empty = rx.begin >= rx.end || ry.begin >= ry.end;
+      const IndexRange rows = empty ? IndexRange{0, 0} : reaching(ty, ry);
+      const IndexRange cols = empty ? IndexRange{0, 0} : reaching(tx, rx);
       const T* plane = cropped + i * h * w;
-      const LinearTap<A>& t = ty[y];
-      const T* row0 = plane + t.i0 * w;
-      const T* row1 = plane + t.i1 * w;
-      for (int64_t x = cx.begin; x < cx.end; ++x) {
-        const LinearTap<A>& s = tx[x];
-        const A v = blend<A>(static_cast<A>(row0[s.i0]), static_cast<A>(row0[s.i1]),
-                             static_cast<A>(row1[s.i0]), static_cast<A>(row1[s.i1]), t, s);
-        o[x] = emit.template operator()<bool>(v);
-      }
-      for (int64_t x = cx.end > cx.begin ? cx.end : 0; x < ow; ++x) o[x] = bg;
+      const auto at = [&](int64_t r, int64_t c) { return static_cast<A>(plane[r * w + c]); };
+      render_plane<A, bool>(out + i * oh * ow, oh, ow, rows, cols, ty.data() + rows.begin,
+                            tx.data() + cols.begin, at, bg, to_bool, hbuf);
     }
   });
 }
@@ -195,21 +209,13 @@ at::Tensor assemble_masks_upsampled_cpu(const at::Tensor& protos, const at::Tens
   dispatch_assemble(protos, b, [&](auto t, auto g) {
     using T = decltype(t);
     using B = decltype(g);
-    const auto emit = make_emit<T, acc_t<T>>(threshold, /*strict=*/true);
     upsample_kernel<T, B>(cropped.const_data_ptr<T>(), b.const_data_ptr<B>(), n, h, w, padding,
-                          height, width, emit, out.mutable_data_ptr<bool>());
+                          height, width, threshold, out.mutable_data_ptr<bool>());
   });
   return out;
 }
 
 // ---- paste_masks ----
-
-// Per mask: the output rows and columns whose value may be non-zero and their taps.
-template <typename Tap>
-struct PastePlan {
-  IndexRange rows{0, 0}, cols{0, 0};
-  std::vector<Tap> ty, tx;
-};
 
 // Pixels whose grid_sample footprint can reach the mask: a superset of
 // x + 0.5 in (x0 - cell / 2, x1 + cell / 2), cell = (x1 - x0) / m, clipped to the image.
@@ -223,90 +229,39 @@ inline IndexRange detectron2_reach(double b0, double b1, int64_t m, int64_t size
   return {begin, std::max(begin, end)};
 }
 
-template <typename T, typename A, typename O>
+// to_out maps an accumulated value to the output element (bool or T).
+template <typename T, typename A, typename O, typename ToOut>
 void paste_kernel(const T* masks, const A* boxes, int64_t n, int64_t mh, int64_t mw, int64_t ih,
-                  int64_t iw, PasteMode mode, const Emit<T, A>& emit, O* out) {
-  const O bg = emit.template operator()<O>(A(0));
-  const int64_t plane = ih * iw;
-  if (mode == PasteMode::Detectron2) {
-    std::vector<PastePlan<GridTap<A>>> plans(n);
-    at::parallel_for(0, n, 8, [&](int64_t n0, int64_t n1) {
-      for (int64_t i = n0; i < n1; ++i) {
-        const A* b = boxes + 4 * i;
-        auto& p = plans[i];
-        if (!(is_finite(b[0]) && is_finite(b[1]) && is_finite(b[2]) && is_finite(b[3])) ||
-            !(b[2] > b[0]) || !(b[3] > b[1]))
-          continue;  // empty: every value is 0
-        p.cols = detectron2_reach(b[0], b[2], mw, iw);
-        p.rows = detectron2_reach(b[1], b[3], mh, ih);
-        for (int64_t x = p.cols.begin; x < p.cols.end; ++x)
-          p.tx.push_back(grid_tap<A>(x, b[0], b[2], mw));
-        for (int64_t y = p.rows.begin; y < p.rows.end; ++y)
-          p.ty.push_back(grid_tap<A>(y, b[1], b[3], mh));
-      }
-    });
-    at::parallel_for(0, n * ih, 16, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t i = r / ih, y = r % ih;
-        const auto& p = plans[i];
-        O* o = out + i * plane + y * iw;
-        const IndexRange c = p.rows.contains(y) ? p.cols : IndexRange{0, 0};
-        for (int64_t x = 0; x < c.begin; ++x) o[x] = bg;
-        if (c.begin < c.end) {
-          const auto& ty = p.ty[y - p.rows.begin];
-          const T* m = masks + i * mh * mw;
-          for (int64_t x = c.begin; x < c.end; ++x)
-            o[x] = emit.template operator()<O>(
-                grid_sample_zeros<T, A>(m, mh, mw, ty, p.tx[x - c.begin]));
-        }
-        for (int64_t x = std::max(c.end, c.begin); x < iw; ++x) o[x] = bg;
-      }
-    });
-    return;
-  }
-  // torchvision: the (m + 2)-cell padded mask resized onto the expanded, truncated box.
+                  int64_t iw, PasteMode mode, ToOut to_out, O* out) {
+  const O bg = to_out(A(0));
   const A scale = static_cast<A>(static_cast<double>(mw + 2) / static_cast<double>(mw));
-  std::vector<PastePlan<LinearTap<A>>> plans(n);
-  std::vector<PasteBox> pboxes(n);
-  at::parallel_for(0, n, 8, [&](int64_t n0, int64_t n1) {
+  at::parallel_for(0, n, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<A> hbuf;
+    std::vector<LinearTap<A>> ty, tx;
     for (int64_t i = n0; i < n1; ++i) {
       const A* b = boxes + 4 * i;
-      auto& p = plans[i];
-      if (!(is_finite(b[0]) && is_finite(b[1]) && is_finite(b[2]) && is_finite(b[3]))) continue;
-      const PasteBox pb = torchvision_paste_box<A>(b[0], b[1], b[2], b[3], scale);
-      pboxes[i] = pb;
-      p.cols = {std::max<int64_t>(pb.x0, 0), std::min<int64_t>(pb.x1 + 1, iw)};
-      p.rows = {std::max<int64_t>(pb.y0, 0), std::min<int64_t>(pb.y1 + 1, ih)};
-      if (p.cols.end <= p.cols.begin || p.rows.end <= p.rows.begin) {
-        p.cols = p.rows = {0, 0};
-        continue;
+      const T* m = masks + i * mh * mw;
+      IndexRange rows{0, 0}, cols{0, 0};
+      ty.clear();
+      tx.clear();
+      const bool finite = is_finite(b[0]) && is_finite(b[1]) && is_finite(b[2]) && is_finite(b[3]);
+      if (finite && mode == PasteMode::Detectron2 && b[2] > b[0] && b[3] > b[1]) {
+        cols = detectron2_reach(b[0], b[2], mw, iw);
+        rows = detectron2_reach(b[1], b[3], mh, ih);
+        for (int64_t x = cols.begin; x < cols.end; ++x) tx.push_back(grid_tap<A>(x, b[0], b[2], mw));
+        for (int64_t y = rows.begin; y < rows.end; ++y) ty.push_back(grid_tap<A>(y, b[1], b[3], mh));
+      } else if (finite && mode == PasteMode::Torchvision) {
+        const PasteBox pb = torchvision_paste_box<A>(b[0], b[1], b[2], b[3], scale);
+        cols = {std::max<int64_t>(pb.x0, 0), std::min<int64_t>(pb.x1 + 1, iw)};
+        rows = {std::max<int64_t>(pb.y0, 0), std::min<int64_t>(pb.y1 + 1, ih)};
+        for (int64_t x = cols.begin; x < cols.end; ++x)
+          tx.push_back(torchvision_tap<A>(x, pb.x0, pb.w, mw));
+        for (int64_t y = rows.begin; y < rows.end; ++y)
+          ty.push_back(torchvision_tap<A>(y, pb.y0, pb.h, mh));
       }
-      for (int64_t x = p.cols.begin; x < p.cols.end; ++x)
-        p.tx.push_back(resize_tap<A>(x - pb.x0, mw + 2, pb.w));
-      for (int64_t y = p.rows.begin; y < p.rows.end; ++y)
-        p.ty.push_back(resize_tap<A>(y - pb.y0, mh + 2, pb.h));
-    }
-  });
-  at::parallel_for(0, n * ih, 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t i = r / ih, y = r % ih;
-      const auto& p = plans[i];
-      O* o = out + i * plane + y * iw;
-      const IndexRange c = p.rows.contains(y) ? p.cols : IndexRange{0, 0};
-      for (int64_t x = 0; x < c.begin; ++x) o[x] = bg;
-      if (c.begin < c.end) {
-        const LinearTap<A>& t = p.ty[y - p.rows.begin];
-        const T* m = masks + i * mh * mw;
-        for (int64_t x = c.begin; x < c.end; ++x) {
-          const LinearTap<A>& s = p.tx[x - c.begin];
-          const A v = blend<A>(padded_at<T, A>(m, mh, mw, t.i0, s.i0),
-                               padded_at<T, A>(m, mh, mw, t.i0, s.i1),
-                               padded_at<T, A>(m, mh, mw, t.i1, s.i0),
-                               padded_at<T, A>(m, mh, mw, t.i1, s.i1), t, s);
-          o[x] = emit.template operator()<O>(v);
-        }
-      }
-      for (int64_t x = std::max(c.end, c.begin); x < iw; ++x) o[x] = bg;
+      const auto at = [&](int64_t r, int64_t c) { return mask_at<T, A>(m, mh, mw, r, c); };
+      render_plane<A, O>(out + i * ih * iw, ih, iw, rows, cols, ty.data(), tx.data(), at, bg,
+                         to_out, hbuf);
     }
   });
 }
@@ -326,13 +281,18 @@ at::Tensor paste_masks_cpu(const at::Tensor& masks, const at::Tensor& boxes, int
     using T = scalar_t;
     auto run = [&](auto geometry) {
       using A = decltype(geometry);
-      const auto emit = make_emit<T, A>(threshold, /*strict=*/false);
-      if (threshold)
+      if (threshold) {
+        const A thr = rounded_threshold<T, A>(*threshold);
+        const auto to_bool = [thr](A v) -> bool {
+          return static_cast<A>(static_cast<T>(v)) >= thr;
+        };
         paste_kernel<T, A, bool>(m.const_data_ptr<T>(), b.const_data_ptr<A>(), n, mh, mw,
-                                 height, width, mode, emit, out.mutable_data_ptr<bool>());
-      else
+                                 height, width, mode, to_bool, out.mutable_data_ptr<bool>());
+      } else {
+        const auto to_value = [](A v) -> T { return static_cast<T>(v); };
         paste_kernel<T, A, T>(m.const_data_ptr<T>(), b.const_data_ptr<A>(), n, mh, mw, height,
-                              width, mode, emit, out.mutable_data_ptr<T>());
+                              width, mode, to_value, out.mutable_data_ptr<T>());
+      }
     };
     if (b.scalar_type() == at::kDouble)
       run(double{});

@@ -58,24 +58,27 @@ __global__ void upsample_kernel(const T* cropped, AssembleArgs a, int64_t oh, in
   }
 }
 
-// The value of pixel (y, x) of mask i pasted into the image, in A.
+// The value of pixel (y, x) of mask i pasted into the image, in A: the bilinear blend of
+// its two taps per axis over the mask read as 0 outside (blend()'s order, as the CPU).
 template <typename T, typename A>
 __device__ A paste_value(const T* mask, const A* b, const PasteArgs& a, int64_t y, int64_t x) {
   if (!(is_finite(b[0]) && is_finite(b[1]) && is_finite(b[2]) && is_finite(b[3]))) return A(0);
+  LinearTap<A> ty, tx;
   if (a.detectron2) {
     if (!(b[2] > b[0]) || !(b[3] > b[1])) return A(0);
-    return grid_sample_zeros<T, A>(mask, a.mh, a.mw, grid_tap<A>(y, b[1], b[3], a.mh),
-                                   grid_tap<A>(x, b[0], b[2], a.mw));
+    ty = grid_tap<A>(y, b[1], b[3], a.mh);
+    tx = grid_tap<A>(x, b[0], b[2], a.mw);
+  } else {
+    const A scale = static_cast<A>(static_cast<double>(a.mw + 2) / static_cast<double>(a.mw));
+    const PasteBox pb = torchvision_paste_box<A>(b[0], b[1], b[2], b[3], scale);
+    if (x < pb.x0 || x > pb.x1 || y < pb.y0 || y > pb.y1) return A(0);
+    ty = torchvision_tap<A>(y, pb.y0, pb.h, a.mh);
+    tx = torchvision_tap<A>(x, pb.x0, pb.w, a.mw);
   }
-  const A scale = static_cast<A>(static_cast<double>(a.mw + 2) / static_cast<double>(a.mw));
-  const PasteBox pb = torchvision_paste_box<A>(b[0], b[1], b[2], b[3], scale);
-  if (x < pb.x0 || x > pb.x1 || y < pb.y0 || y > pb.y1) return A(0);
-  const LinearTap<A> ty = resize_tap<A>(y - pb.y0, a.mh + 2, pb.h);
-  const LinearTap<A> tx = resize_tap<A>(x - pb.x0, a.mw + 2, pb.w);
-  return blend<A>(padded_at<T, A>(mask, a.mh, a.mw, ty.i0, tx.i0),
-                  padded_at<T, A>(mask, a.mh, a.mw, ty.i0, tx.i1),
-                  padded_at<T, A>(mask, a.mh, a.mw, ty.i1, tx.i0),
-                  padded_at<T, A>(mask, a.mh, a.mw, ty.i1, tx.i1), ty, tx);
+  return blend<A>(mask_at<T, A>(mask, a.mh, a.mw, ty.i0, tx.i0),
+                  mask_at<T, A>(mask, a.mh, a.mw, ty.i0, tx.i1),
+                  mask_at<T, A>(mask, a.mh, a.mw, ty.i1, tx.i0),
+                  mask_at<T, A>(mask, a.mh, a.mw, ty.i1, tx.i1), ty, tx);
 }
 
 template <typename T, typename A, typename O>
