@@ -44,4 +44,11 @@ TORCH_LIBRARY(segops, m) {
   m.def(
       "paste_masks(Tensor masks, Tensor boxes, SymInt height, SymInt width, float? threshold, "
       "str mode) -> Tensor");
+
+  // ---- cluster: SpatialEmbeddings' Gaussian seed clustering (SPEC §4). xs [W], ys [H]:
+  // the coordinate map; max_instances = -1: unbounded (scores exactly sized).
+  m.def(
+      "cluster_seeds(Tensor prediction, Tensor xs, Tensor ys, int n_sigma, float threshold, "
+      "float seed_threshold, int min_pixels, int max_instances) "
+      "-> (Tensor instance_map, Tensor scores, Tensor count)");
 }

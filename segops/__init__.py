@@ -7,6 +7,7 @@ loads; the functions below are their documented, validated entry points.
 import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C  # registers torch.ops.segops.*
+from .ops.cluster import cluster_seeds
 from .ops.masks import assemble_masks, paste_masks
 from .ops.nms import batched_nms, fast_nms, matrix_nms, nms
 from .ops.roi import RoIAlign, RoIPool, roi_align, roi_pool
@@ -18,6 +19,7 @@ __all__ = [
     "RoIPool",
     "assemble_masks",
     "batched_nms",
+    "cluster_seeds",
     "fast_nms",
     "matrix_nms",
     "nms",

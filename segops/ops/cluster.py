@@ -1,0 +1,126 @@
+"""Gaussian seed clustering: SpatialEmbeddings' test-time instance clustering (SPEC §4)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ._registry import check_float, check_tensor, fake
+
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _pair(value: Sequence, op: str, name: str) -> tuple:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{op}: `{name}` must be a pair (y, x), got {value!r}")
+    return tuple(value)
+
+
+def spatial_coordinates(
+    size: int, grid: int, extent: float, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """One axis of SpatialEmbeddings' coordinate map: ``linspace(0, extent, grid)[:size]``,
+    continued past ``grid`` with the same step (the original fails there)."""
+    coords = torch.linspace(0, extent, grid, dtype=dtype, device=device)
+    if size > grid:
+        step = extent / (grid - 1)
+        extra = extent + step * torch.arange(1, size - grid + 1, dtype=dtype, device=device)
+        coords = torch.cat([coords, extra])
+    return coords[:size]
+
+
+def cluster_seeds(
+    prediction: Tensor,
+    n_sigma: int = 1,
+    threshold: float = 0.5,
+    seed_threshold: float = 0.5,
+    min_pixels: int = 128,
+    grid: tuple[int, int] = (1024, 2048),
+    extent: tuple[float, float] = (1.0, 2.0),
+    max_instances: int | None = None,
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
+    """SpatialEmbeddings' Gaussian seed clustering (``Cluster.cluster``), on the device.
+
+    Args:
+        prediction: ``Tensor[2 + n_sigma + 1, H, W]``: offsets (x, y), sigma (``n_sigma``
+            channels), seed logit; float32/float64/float16/bfloat16. Computed in float64
+            for float64, else float32.
+        n_sigma: 1 (one bandwidth for both axes) or 2.
+        threshold: stop when the best unclustered seed is below it (compared in float64,
+            as the original's Python floats; its test script uses 0.9).
+        seed_threshold: pixels with ``sigmoid(seed) > seed_threshold`` take part.
+        min_pixels: no instances unless more pixels take part; a proposal needs more.
+        grid, extent: the coordinate map, ``(y, x)``: ``linspace(0, extent, grid)``
+            cropped to the input (continued with the same step past the grid).
+        max_instances: capacity of the sync-free form (see Returns).
+
+    Returns:
+        ``(instance_map, scores)``: ``int32[H, W]`` with ids ``1..M`` (0: none) and the
+        ``M`` seed scores. With ``max_instances``: ``(instance_map, scores, count)`` with
+        ``scores`` padded with zeros to ``max_instances`` and ``count`` an int64 scalar
+        tensor; at most ``max_instances`` instances are accepted (the loop stops there),
+        and on CUDA nothing is read back to the host.
+
+    The loop is the original's: the best unclustered seed (ties: first in raster order)
+    proposes the masked pixels with ``exp(-sum_d exp(10 sigma_d) (e_d - c_d)^2) > 0.5``;
+    it is accepted iff the proposal has more than ``min_pixels`` pixels and more than half
+    of them are unclustered; later instances overwrite earlier ones; every proposal pixel
+    is then clustered. tanh, sigmoid and exp are evaluated with the same portable
+    arithmetic on CPU and CUDA, so both return the same map bit for bit. Beyond the
+    original: int32 ids (its uint8 map fails at the 256th instance), inputs larger than
+    the grid, and every dtype.
+    """
+    op = "cluster_seeds"
+    check_tensor(prediction, op, "prediction")
+    check_float(prediction, op, "prediction")
+    if isinstance(n_sigma, bool) or n_sigma not in (1, 2):
+        raise ValueError(f"{op}: `n_sigma` must be 1 or 2, got {n_sigma!r}")
+    if prediction.dim() != 3 or prediction.shape[0] != 3 + n_sigma:
+        raise ValueError(
+            f"{op}: `prediction` must be [2 + n_sigma + 1, H, W] = [{3 + n_sigma}, H, W] for "
+            f"n_sigma = {n_sigma}, got shape {tuple(prediction.shape)}"
+        )
+    for name, value in (("threshold", threshold), ("seed_threshold", seed_threshold)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{op}: `{name}` must be a float, got {type(value).__name__}")
+        if math.isnan(value):
+            raise ValueError(f"{op}: `{name}` must not be NaN")
+    if isinstance(min_pixels, bool) or not isinstance(min_pixels, int) or min_pixels < 0:
+        raise ValueError(f"{op}: `min_pixels` must be an int >= 0, got {min_pixels!r}")
+    gy, gx = _pair(grid, op, "grid")
+    ey, ex = _pair(extent, op, "extent")
+    if not all(isinstance(g, int) and not isinstance(g, bool) and g >= 2 for g in (gy, gx)):
+        raise ValueError(f"{op}: `grid` must be two ints >= 2, got {grid!r}")
+    if not all(isinstance(e, (int, float)) and math.isfinite(e) for e in (ey, ex)):
+        raise ValueError(f"{op}: `extent` must be two finite floats, got {extent!r}")
+    if max_instances is not None and (
+        isinstance(max_instances, bool) or not isinstance(max_instances, int) or max_instances < 0
+    ):
+        raise ValueError(f"{op}: `max_instances` must be an int >= 0, got {max_instances!r}")
+    acc = torch.float64 if prediction.dtype == torch.float64 else torch.float32
+    h, w = prediction.shape[1], prediction.shape[2]
+    xs = spatial_coordinates(w, gx, float(ex), acc, prediction.device)
+    ys = spatial_coordinates(h, gy, float(ey), acc, prediction.device)
+    cap = -1 if max_instances is None else max_instances
+    instance_map, scores, count = torch.ops.segops.cluster_seeds(
+        prediction, xs, ys, n_sigma, float(threshold), float(seed_threshold), min_pixels, cap
+    )
+    if max_instances is None:
+        return instance_map, scores
+    return instance_map, scores, count
+
+
+@fake("cluster_seeds")
+def _(prediction, xs, ys, n_sigma, threshold, seed_threshold, min_pixels, max_instances):
+    acc = torch.float64 if prediction.dtype == torch.float64 else torch.float32
+    h, w = prediction.shape[1], prediction.shape[2]
+    instance_map = prediction.new_empty((h, w), dtype=torch.int32)
+    if max_instances >= 0:
+        size = max_instances
+    else:
+        size = torch.library.get_ctx().new_dynamic_size()
+    count = prediction.new_empty((), dtype=torch.int64)
+    return instance_map, prediction.new_empty((size,), dtype=acc), count
