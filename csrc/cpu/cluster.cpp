@@ -139,7 +139,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cluster_impl(
     std::vector<int64_t> proposal;
     int32_t* ids = map.mutable_data_ptr<int32_t>();
     int64_t unclustered = m, next = 0;
-    while (unclustered > min_pixels) {
+    while (unclustered > min_pixels &&
+           (max_instances < 0 || static_cast<int64_t>(scores.size()) < max_instances)) {
       while (clustered[order[next]]) ++next;
       const SeedPixel<A>& s = px[order[next]];
       if (static_cast<double>(s.seed) < threshold) break;
@@ -166,7 +167,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cluster_impl(
         unclustered -= !clustered[p];
         clustered[p] = 1;
       }
-      if (max_instances >= 0 && static_cast<int64_t>(scores.size()) == max_instances) break;
     }
   }
   const int64_t found = static_cast<int64_t>(scores.size());
