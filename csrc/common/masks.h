@@ -15,8 +15,8 @@ namespace segops {
 
 // The integer indices [begin, end) of an axis of `size` pixels that YOLACT's crop keeps for
 // relative coordinates b1, b2: lo = clamp(min(b1, b2) * S - padding, min=0),
-// hi = clamp(max(b1, b2) * S + padding, max=S), i kept iff lo <= i < hi. A NaN makes every
-// comparison false (torch.min/clamp propagate NaN), so the range is empty.
+// hi = clamp(max(b1, b2) * S + padding, max=S), i kept iff lo <= i < hi. A NaN or infinite
+// coordinate gives an empty range (SPEC §0: a non-finite box is empty).
 struct IndexRange {
   int64_t begin, end;
   SEGOPS_HOST_DEVICE bool contains(int64_t i) const { return begin <= i && i < end; }
@@ -24,7 +24,7 @@ struct IndexRange {
 
 template <typename A>
 SEGOPS_HOST_DEVICE IndexRange crop_range(A b1, A b2, int64_t size, int64_t padding) {
-  if (!(b1 == b1) || !(b2 == b2)) return {0, 0};
+  if (!is_finite(b1) || !is_finite(b2)) return {0, 0};
   const A s = static_cast<A>(size), p = static_cast<A>(padding);
   A lo = min_(b1, b2) * s - p;
   A hi = max_(b1, b2) * s + p;

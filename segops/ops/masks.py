@@ -51,8 +51,8 @@ def assemble_masks(
         integer index ``i`` iff ``lo <= i < hi`` with
         ``lo = clamp(min(b1, b2) * S - padding, min=0)`` and
         ``hi = clamp(max(b1, b2) * S + padding, max=S)``, evaluated in the boxes' dtype
-        promoted to at least float32; other pixels are 0. Logits and sigmoid run in float32
-        for half types.
+        promoted to at least float32; other pixels are 0, and so is every pixel of a box
+        with a NaN or infinite coordinate. Logits and sigmoid run in float32 for half types.
 
         ``image_size=(h, w)``: bool ``Tensor[N, h, w]``, the fused
         ``F.interpolate(masks[None], (h, w), mode="bilinear", align_corners=False)[0] >
