@@ -51,4 +51,15 @@ TORCH_LIBRARY(segops, m) {
       "cluster_seeds(Tensor prediction, Tensor xs, Tensor ys, int n_sigma, float threshold, "
       "float seed_threshold, int min_pixels, int max_instances) "
       "-> (Tensor instance_map, Tensor scores, Tensor count)");
+
+  // ---- patches: BPR boundary patch extraction, crop and reassembly (SPEC §5) ----
+  m.def(
+      "boundary_patches(Tensor masks, int patch_size, float iou_threshold, int max_out=-1) "
+      "-> (Tensor boxes, Tensor instance_index, Tensor scores, Tensor count)");
+  m.def(
+      "crop_patches(Tensor images, Tensor masks, Tensor boxes, Tensor instance_index, "
+      "Tensor batch_index, SymInt out_h, SymInt out_w) -> (Tensor, Tensor)");
+  m.def(
+      "reassemble_patches(Tensor masks, Tensor patch_probs, Tensor boxes, "
+      "Tensor instance_index, float threshold) -> Tensor");
 }

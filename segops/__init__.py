@@ -9,6 +9,7 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from . import _C  # registers torch.ops.segops.*
 from .ops.cluster import cluster_seeds
 from .ops.masks import assemble_masks, paste_masks
+from .ops.patches import boundary_patches, crop_patches, reassemble_patches
 from .ops.nms import batched_nms, fast_nms, matrix_nms, nms
 from .ops.roi import RoIAlign, RoIPool, roi_align, roi_pool
 
@@ -19,11 +20,14 @@ __all__ = [
     "RoIPool",
     "assemble_masks",
     "batched_nms",
+    "boundary_patches",
     "cluster_seeds",
+    "crop_patches",
     "fast_nms",
     "matrix_nms",
     "nms",
     "paste_masks",
+    "reassemble_patches",
     "roi_align",
     "roi_pool",
     "__version__",

@@ -1,0 +1,44 @@
+// Argument checks of the patches family (BPR), shared by its CPU and CUDA glue.
+#pragma once
+
+#include "checks.h"
+
+namespace segops {
+
+inline void check_bool_masks(const at::Tensor& masks, const char* op) {
+  TORCH_CHECK_TYPE(masks.scalar_type() == at::kBool, op, ": `masks` must be bool, got ",
+                   masks.scalar_type());
+  check_dim(masks, 3, op, "masks", "[N, H, W]");
+}
+
+inline void check_boundary_patches(const at::Tensor& masks, int64_t patch_size,
+                                   double iou_threshold, int64_t max_out) {
+  const char* op = "boundary_patches";
+  check_bool_masks(masks, op);
+  TORCH_CHECK_VALUE(patch_size >= 2 && patch_size % 2 == 0, op,
+                    ": `patch_size` must be an even int >= 2, got ", patch_size);
+  TORCH_CHECK_VALUE(iou_threshold == iou_threshold, op, ": `iou_threshold` must not be NaN");
+  TORCH_CHECK_VALUE(max_out >= -1, op, ": `max_out` must be >= 0 (or -1 for no limit), got ",
+                    max_out);
+}
+
+// boxes int64 [P, 4] and instance_index int64 [P] of patches of `masks` [N, H, W].
+inline void check_patch_boxes(const char* op, const at::Tensor& masks, const at::Tensor& boxes,
+                              const at::Tensor& instance_index) {
+  TORCH_CHECK_TYPE(boxes.scalar_type() == at::kLong, op, ": `boxes` must be int64, got ",
+                   boxes.scalar_type());
+  TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, op,
+                    ": `boxes` must be [P, 4] (x1, y1, x2, y2), got shape ", boxes.sizes());
+  TORCH_CHECK_TYPE(instance_index.scalar_type() == at::kLong, op,
+                   ": `instance_index` must be int64, got ", instance_index.scalar_type());
+  TORCH_CHECK_VALUE(instance_index.dim() == 1 && instance_index.size(0) == boxes.size(0), op,
+                    ": `instance_index` must be [P] with P = boxes.shape[0] = ", boxes.size(0),
+                    ", got shape ", instance_index.sizes());
+  check_same_device(masks, boxes, op, "masks", "boxes");
+  check_same_device(masks, instance_index, op, "masks", "instance_index");
+}
+
+// Every entry of `index` in [0, n) (one read back on CUDA; skipped while capturing).
+void check_index_range(const at::Tensor& index, int64_t n, const char* op, const char* name);
+
+}  // namespace segops
