@@ -2,7 +2,7 @@
 // Library exp/tanh differ between glibc, CUDA and vectorised variants in the last ulp;
 // these give the same bits everywhere (CPU: -ffp-contract=off, CUDA: --fmad=false), which is
 // what lets thresholded outputs (masks, clusters) agree exactly across devices. Torch-free.
-// The pure-PyTorch references mirror them op by op (segops/reference/_portable.py).
+// The pure-PyTorch references mirror them op by op (segops/reference/cluster.py: exp_p, sigmoid_p, tanh_p).
 #pragma once
 
 #include <string.h>

@@ -23,13 +23,16 @@ def spatial_coordinates(
     size: int, grid: int, extent: float, dtype: torch.dtype, device: torch.device
 ) -> Tensor:
     """One axis of SpatialEmbeddings' coordinate map: ``linspace(0, extent, grid)[:size]``,
-    continued past ``grid`` with the same step (the original fails there)."""
-    coords = torch.linspace(0, extent, grid, dtype=dtype, device=device)
+    continued past ``grid`` with the same step (the original fails there).
+
+    Built on the CPU and then moved: CUDA's linspace may round differently in the last
+    ulp, and the coordinates must be the same bits on every device."""
+    coords = torch.linspace(0, extent, grid, dtype=dtype)
     if size > grid:
         step = extent / (grid - 1)
-        extra = extent + step * torch.arange(1, size - grid + 1, dtype=dtype, device=device)
+        extra = extent + step * torch.arange(1, size - grid + 1, dtype=dtype)
         coords = torch.cat([coords, extra])
-    return coords[:size]
+    return coords[:size].to(device)
 
 
 def cluster_seeds(
