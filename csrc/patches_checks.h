@@ -41,4 +41,48 @@ inline void check_patch_boxes(const char* op, const at::Tensor& masks, const at:
 // Every entry of `index` in [0, n) (one read back on CUDA; skipped while capturing).
 void check_index_range(const at::Tensor& index, int64_t n, const char* op, const char* name);
 
+// check_index_range, or nothing where reading back is not allowed (CUDA-graph capture).
+using IndexRangeCheck = void (*)(const at::Tensor&, int64_t, const char*, const char*);
+
+inline void check_crop_patches(const at::Tensor& images, const at::Tensor& masks,
+                               const at::Tensor& boxes, const at::Tensor& instance_index,
+                               const at::Tensor& batch_index, int64_t out_h, int64_t out_w,
+                               IndexRangeCheck range_check) {
+  const char* op = "crop_patches";
+  check_float(images, op, "images");
+  check_dim(images, 4, op, "images", "[B, C, H, W]");
+  check_bool_masks(masks, op);
+  TORCH_CHECK_VALUE(masks.size(1) == images.size(2) && masks.size(2) == images.size(3), op,
+                    ": `masks` must be [N, H, W] with the images' H, W = ", images.size(2),
+                    ", ", images.size(3), ", got shape ", masks.sizes());
+  check_patch_boxes(op, masks, boxes, instance_index);
+  TORCH_CHECK_TYPE(batch_index.scalar_type() == at::kLong, op,
+                   ": `batch_index` must be int64, got ", batch_index.scalar_type());
+  TORCH_CHECK_VALUE(batch_index.dim() == 1 && batch_index.size(0) == masks.size(0), op,
+                    ": `batch_index` must be [N] with N = masks.shape[0] = ", masks.size(0),
+                    ", got shape ", batch_index.sizes());
+  check_same_device(images, masks, op, "images", "masks");
+  check_same_device(images, batch_index, op, "images", "batch_index");
+  check_nonneg(out_h, op, "output_size (height)");
+  check_nonneg(out_w, op, "output_size (width)");
+  range_check(instance_index, masks.size(0), op, "instance_index");
+  range_check(batch_index, images.size(0), op, "batch_index");
+}
+
+inline void check_reassemble_patches(const at::Tensor& masks, const at::Tensor& patch_probs,
+                                     const at::Tensor& boxes, const at::Tensor& instance_index,
+                                     double threshold, IndexRangeCheck range_check) {
+  const char* op = "reassemble_patches";
+  check_bool_masks(masks, op);
+  check_float(patch_probs, op, "patch_probs");
+  check_dim(patch_probs, 3, op, "patch_probs", "[P, h, w]");
+  check_patch_boxes(op, masks, boxes, instance_index);
+  TORCH_CHECK_VALUE(patch_probs.size(0) == boxes.size(0), op,
+                    ": `patch_probs` must be [P, h, w] with P = boxes.shape[0] = ", boxes.size(0),
+                    ", got shape ", patch_probs.sizes());
+  check_same_device(masks, patch_probs, op, "masks", "patch_probs");
+  TORCH_CHECK_VALUE(threshold == threshold, op, ": `threshold` must not be NaN");
+  range_check(instance_index, masks.size(0), op, "instance_index");
+}
+
 }  // namespace segops

@@ -14,10 +14,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kLoopThreads = 1024;
 
-#define SEGOPS_GRID_STRIDE(i, total)                                            \
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (total); \
-       i += int64_t(blockDim.x) * gridDim.x)
-
 template <typename A>
 __global__ void prepare_kernel(const A* pred, const A* xs, const A* ys, ClusterArgs a, A* px,
                                A* seed_key, bool* valid) {

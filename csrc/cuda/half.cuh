@@ -44,6 +44,11 @@ cudaError_t dispatch(Dtype dtype, Fn&& fn) {
   return cudaGetLastError();
 }
 
+// A grid-stride loop over [0, total) with 64-bit indices.
+#define SEGOPS_GRID_STRIDE(i, total)                                            \
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (total); \
+       i += int64_t(blockDim.x) * gridDim.x)
+
 // A 1-D grid for a grid-stride loop over n items.
 inline unsigned int blocks_for(int64_t n, int threads) {
   const int64_t b = (n + threads - 1) / threads;

@@ -13,10 +13,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-#define SEGOPS_GRID_STRIDE(i, total)                                                   \
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (total);        \
-       i += int64_t(blockDim.x) * gridDim.x)
-
 // The value emitted for an accumulated value v: v rounded to T, or that compared with thr.
 template <typename T, typename A>
 __device__ __forceinline__ bool binary_of(A v, A thr, bool strict) {

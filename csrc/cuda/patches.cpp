@@ -84,26 +84,9 @@ std::tuple<at::Tensor, at::Tensor> crop_patches_cuda(const at::Tensor& images,
                                                      const at::Tensor& instance_index,
                                                      const at::Tensor& batch_index,
                                                      int64_t out_h, int64_t out_w) {
-  const char* op = "crop_patches";
-  check_float(images, op, "images");
-  check_dim(images, 4, op, "images", "[B, C, H, W]");
-  check_bool_masks(masks, op);
-  TORCH_CHECK_VALUE(masks.size(1) == images.size(2) && masks.size(2) == images.size(3), op,
-                    ": `masks` must be [N, H, W] with the images' H, W = ", images.size(2),
-                    ", ", images.size(3), ", got shape ", masks.sizes());
-  check_patch_boxes(op, masks, boxes, instance_index);
-  TORCH_CHECK_TYPE(batch_index.scalar_type() == at::kLong, op,
-                   ": `batch_index` must be int64, got ", batch_index.scalar_type());
-  TORCH_CHECK_VALUE(batch_index.dim() == 1 && batch_index.size(0) == masks.size(0), op,
-                    ": `batch_index` must be [N] with N = masks.shape[0] = ", masks.size(0),
-                    ", got shape ", batch_index.sizes());
-  check_same_device(images, masks, op, "images", "masks");
-  check_same_device(images, batch_index, op, "images", "batch_index");
-  check_nonneg(out_h, op, "output_size (height)");
-  check_nonneg(out_w, op, "output_size (width)");
   const c10::cuda::CUDAGuard guard(images.device());
-  check_index_range_cuda(instance_index, masks.size(0), op, "instance_index");
-  check_index_range_cuda(batch_index, images.size(0), op, "batch_index");
+  check_crop_patches(images, masks, boxes, instance_index, batch_index, out_h, out_w,
+                     &check_index_range_cuda);
   const int64_t P = boxes.size(0);
   at::Tensor img = at::zeros({P, images.size(1), out_h, out_w}, images.options());
   at::Tensor msk = at::zeros({P, out_h, out_w}, masks.options());
@@ -123,18 +106,9 @@ std::tuple<at::Tensor, at::Tensor> crop_patches_cuda(const at::Tensor& images,
 at::Tensor reassemble_patches_cuda(const at::Tensor& masks, const at::Tensor& patch_probs,
                                    const at::Tensor& boxes, const at::Tensor& instance_index,
                                    double threshold) {
-  const char* op = "reassemble_patches";
-  check_bool_masks(masks, op);
-  check_float(patch_probs, op, "patch_probs");
-  check_dim(patch_probs, 3, op, "patch_probs", "[P, h, w]");
-  check_patch_boxes(op, masks, boxes, instance_index);
-  TORCH_CHECK_VALUE(patch_probs.size(0) == boxes.size(0), op,
-                    ": `patch_probs` must be [P, h, w] with P = boxes.shape[0] = ", boxes.size(0),
-                    ", got shape ", patch_probs.sizes());
-  check_same_device(masks, patch_probs, op, "masks", "patch_probs");
-  TORCH_CHECK_VALUE(threshold == threshold, op, ": `threshold` must not be NaN");
   const c10::cuda::CUDAGuard guard(masks.device());
-  check_index_range_cuda(instance_index, masks.size(0), op, "instance_index");
+  check_reassemble_patches(masks, patch_probs, boxes, instance_index, threshold,
+                           &check_index_range_cuda);
   const int64_t n = masks.size(0), P = boxes.size(0);
   const at::Tensor m = masks.contiguous();
   if (P == 0 || m.numel() == 0 || patch_probs.size(1) == 0 || patch_probs.size(2) == 0)

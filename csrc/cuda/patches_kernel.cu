@@ -18,10 +18,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kNmsThreads = 256;
 
-#define SEGOPS_GRID_STRIDE(i, total)                                            \
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (total); \
-       i += int64_t(blockDim.x) * gridDim.x)
-
 // Boundary level of pixel (y, x) of a mask: min(S, 9 - S) of its 3x3 sum, zero padding.
 __device__ int pixel_level(const bool* m, int64_t h, int64_t w, int64_t y, int64_t x) {
   int s = 0;
@@ -119,6 +115,7 @@ __global__ void crop_kernel(CropArgs a, const T* images, const bool* masks, cons
     const int64_t ph = bin / a.out_w, pw = bin % a.out_w;
     const int64_t* bb = boxes + 4 * p;
     const int64_t i = inst[p];
+    const int64_t bw = bb[2] - bb[0], bh = bb[3] - bb[1];
     if (c < a.channels) {
       const G roi[5] = {static_cast<G>(batch[i]), static_cast<G>(bb[0]), static_cast<G>(bb[1]),
                         static_cast<G>(bb[2]), static_cast<G>(bb[3])};
@@ -128,16 +125,13 @@ __global__ void crop_kernel(CropArgs a, const T* images, const bool* masks, cons
           g.empty ? images : images + (g.batch * a.channels + c) * a.height * a.width;
       image_patches[(p * a.channels + c) * bins + bin] =
           static_cast<T>(roi_align_bin<T, G>(plane, g, ph, pw));
+    } else if (bw <= 0 || bh <= 0) {  // an empty box: an all-False mask patch
+      mask_patches[p * bins + bin] = false;
     } else {
-      const int64_t bw = bb[2] - bb[0], bh = bb[3] - bb[1];
-      bool v = false;
-      if (bw > 0 && bh > 0) {
-        const int64_t y = bb[1] + nearest_index(ph, bh, a.out_h);
-        const int64_t x = bb[0] + nearest_index(pw, bw, a.out_w);
-        v = y >= 0 && y < a.height && x >= 0 && x < a.width &&
-            masks[(i * a.height + y) * a.width + x];
-      }
-      mask_patches[p * bins + bin] = v;
+      const int64_t y = bb[1] + nearest_index(ph, bh, a.out_h);
+      const int64_t x = bb[0] + nearest_index(pw, bw, a.out_w);
+      mask_patches[p * bins + bin] = y >= 0 && y < a.height && x >= 0 && x < a.width &&
+                                     masks[(i * a.height + y) * a.width + x];
     }
   }
 }
