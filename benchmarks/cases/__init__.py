@@ -5,10 +5,10 @@ the shared input builders. Adding a family: a module with a ``register_cases()``
 ``register(...)`` per case, listed in ``FAMILIES`` below.
 """
 
-from . import masks, nms, roi
+from . import cluster, masks, nms, patches, roi
 from .registry import CASES, Case, Ctx, Fn, op_impls, register, resolve_names
 
-FAMILIES = (roi, nms, masks)  # registration order is table order
+FAMILIES = (roi, nms, masks, cluster, patches)  # registration order is table order
 
 for _family in FAMILIES:
     _family.register_cases()
