@@ -126,10 +126,11 @@ def crop_patches(
                          f"{tuple(images.shape[2:])}, got shape {tuple(masks.shape)}")
     _check_patch_args(op, masks, boxes, instance_index)
     check_tensor(batch_index, op, "batch_index")
-    if batch_index.dtype != torch.int64 or batch_index.dim() != 1 \
-            or batch_index.shape[0] != masks.shape[0]:
-        raise ValueError(f"{op}: `batch_index` must be int64 [N] with N = masks.shape[0] = "
-                         f"{masks.shape[0]}, got {batch_index.dtype} {tuple(batch_index.shape)}")
+    if batch_index.dtype != torch.int64:
+        raise TypeError(f"{op}: `batch_index` must be int64, got {batch_index.dtype}")
+    if batch_index.dim() != 1 or batch_index.shape[0] != masks.shape[0]:
+        raise ValueError(f"{op}: `batch_index` must be [N] with N = masks.shape[0] = "
+                         f"{masks.shape[0]}, got shape {tuple(batch_index.shape)}")
     check_same_device(op, "images", {"images": images, "masks": masks,
                                       "batch_index": batch_index})
     s_h, s_w = pair(output_size, op, "output_size")
