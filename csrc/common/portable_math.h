@@ -9,10 +9,17 @@
 
 #include "macros.h"
 
+// Always inlined on the host too: CPU loops over them then vectorise.
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define SEGOPS_PORTABLE SEGOPS_HOST_DEVICE
+#else
+#define SEGOPS_PORTABLE inline __attribute__((always_inline))
+#endif
+
 namespace segops {
 
 // 2^e from its bit pattern: e in [-126, 127] (float), [-1022, 1023] (double).
-SEGOPS_HOST_DEVICE float pow2_(int32_t e) {
+SEGOPS_PORTABLE float pow2_(int32_t e) {
   const int32_t bits = (e + 127) << 23;
 #ifdef __CUDA_ARCH__
   return __int_as_float(bits);
@@ -23,7 +30,7 @@ SEGOPS_HOST_DEVICE float pow2_(int32_t e) {
 #endif
 }
 
-SEGOPS_HOST_DEVICE double pow2_(int64_t e) {
+SEGOPS_PORTABLE double pow2_(int64_t e) {
   const int64_t bits = (e + 1023) << 52;
 #ifdef __CUDA_ARCH__
   return __longlong_as_double(static_cast<long long>(bits));
@@ -39,7 +46,7 @@ SEGOPS_HOST_DEVICE double pow2_(int64_t e) {
 // (Cody & Waite; the high part is short enough that n * hi is exact), exp(r) by Cephes'
 // minimax polynomial (within 2 ulp), and 2^n applied as two exact power-of-two factors
 // (one rounding, even into subnormals). Branch-free, so that CPU loops vectorise.
-SEGOPS_HOST_DEVICE float exp_portable(float x) {
+SEGOPS_PORTABLE float exp_portable(float x) {
   const bool nan = !(x == x);
   const float xc = nan ? 0.0f : min_(max_(x, -103.972084f), 88.7228394f);
   const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
@@ -59,7 +66,7 @@ SEGOPS_HOST_DEVICE float exp_portable(float x) {
   return nan ? x : e;
 }
 
-SEGOPS_HOST_DEVICE double exp_portable(double x) {
+SEGOPS_PORTABLE double exp_portable(double x) {
   const bool nan = !(x == x);
   const double xc = nan ? 0.0 : min_(max_(x, -745.1332191019412), 709.782712893384);
   const double n = (xc * 1.4426950408889634073599 + 6755399441055744.0) - 6755399441055744.0;
@@ -80,13 +87,13 @@ SEGOPS_HOST_DEVICE double exp_portable(double x) {
 
 
 template <typename A>
-SEGOPS_HOST_DEVICE A sigmoid_(A z) {
+SEGOPS_PORTABLE A sigmoid_(A z) {
   return A(1) / (A(1) + exp_portable(-z));
 }
 
 // tanh(x) = sign(x) (1 - e) / (1 + e), e = exp(-2|x|): absolute error within a few ulp of 1.
 template <typename A>
-SEGOPS_HOST_DEVICE A tanh_portable(A x) {
+SEGOPS_PORTABLE A tanh_portable(A x) {
   const A a = x < A(0) ? -x : x;
   const A e = exp_portable(A(-2) * a);
   const A t = (A(1) - e) / (A(1) + e);

@@ -16,6 +16,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <numeric>
 #include <tuple>
 #include <vector>
@@ -36,11 +38,15 @@ std::vector<SeedPixel<A>> masked_pixels(const A* pred, const A* xs, const A* ys,
   const A* sig_x = pred + 2 * plane;
   const A* sig_y = pred + (n_sigma == 2 ? 3 : 2) * plane;
   const A* logit = pred + (2 + n_sigma) * plane;
+  std::vector<A> seed(plane);
   std::vector<int64_t> per_row(h + 1, 0);
   at::parallel_for(0, h, 16, [&](int64_t y0, int64_t y1) {
     for (int64_t y = y0; y < y1; ++y) {
+      A* sr = seed.data() + y * w;
+      const A* lr = logit + y * w;
+      for (int64_t x = 0; x < w; ++x) sr[x] = sigmoid_(lr[x]);  // vectorises
       int64_t c = 0;
-      for (int64_t x = 0; x < w; ++x) c += sigmoid_(logit[y * w + x]) > seed_threshold;
+      for (int64_t x = 0; x < w; ++x) c += sr[x] > seed_threshold;
       per_row[y + 1] = c;
     }
   });
@@ -51,25 +57,58 @@ std::vector<SeedPixel<A>> masked_pixels(const A* pred, const A* xs, const A* ys,
       SeedPixel<A>* out = px.data() + per_row[y];
       for (int64_t x = 0; x < w; ++x) {
         const int64_t i = y * w + x;
-        const A seed = sigmoid_(logit[i]);
-        if (!(seed > seed_threshold)) continue;
+        if (!(seed[i] > seed_threshold)) continue;
         *out++ = {i, embedding(off_x[i], xs[x]), embedding(off_y[i], ys[y]), sig_x[i], sig_y[i],
-                  seed};
+                  seed[i]};
       }
     }
   });
   return px;
 }
 
+// Indices of the masked pixels by seed, descending, ties in raster order: a stable LSD
+// radix sort on the seeds' bits (seeds are >= 0, so their bit patterns order as they do),
+// 11 bits a pass, skipping the digits where every key agrees.
+template <typename A>
+std::vector<int64_t> seed_order(const std::vector<SeedPixel<A>>& px) {
+  using K = std::conditional_t<sizeof(A) == 8, uint64_t, uint32_t>;
+  const size_t m = px.size();
+  std::vector<K> key(m), key2(m);
+  std::vector<int64_t> idx(m), idx2(m);
+  for (size_t i = 0; i < m; ++i) {
+    K bits;
+    std::memcpy(&bits, &px[i].seed, sizeof bits);
+    key[i] = ~bits;  // descending
+    idx[i] = static_cast<int64_t>(i);
+  }
+  constexpr int kBits = 11, kBuckets = 1 << kBits;
+  std::vector<size_t> count(kBuckets + 1);
+  for (size_t shift = 0; shift < 8 * sizeof(K); shift += kBits) {
+    std::fill(count.begin(), count.end(), 0);
+    for (size_t i = 0; i < m; ++i) ++count[((key[i] >> shift) & (kBuckets - 1)) + 1];
+    if (std::any_of(count.begin() + 1, count.end(), [&](size_t c) { return c == m; })) continue;
+    for (int b = 0; b < kBuckets; ++b) count[b + 1] += count[b];
+    for (size_t i = 0; i < m; ++i) {
+      const size_t d = count[(key[i] >> shift) & (kBuckets - 1)]++;
+      key2[d] = key[i];
+      idx2[d] = idx[i];
+    }
+    key.swap(key2);
+    idx.swap(idx2);
+  }
+  return idx;
+}
+
 // Masked pixels bucketed on a grid over their embeddings (pixels with a NaN embedding are
 // never in a proposal and are left out).
+template <typename A>
 struct EmbeddingGrid {
   double x0 = 0, y0 = 0, cell = 1;
   int64_t gx = 1, gy = 1;
   std::vector<int64_t> start;   // [gx * gy + 1], row-major (y, then x)
   std::vector<int64_t> pixels;  // masked-pixel indices, bucket by bucket
+  std::vector<A> ex, ey;        // their embeddings, in the same order (contiguous scans)
 
-  template <typename A>
   explicit EmbeddingGrid(const std::vector<SeedPixel<A>>& px) {
     double x1 = -INFINITY, y1 = -INFINITY;
     x0 = y0 = INFINITY;
@@ -96,9 +135,16 @@ struct EmbeddingGrid {
     }
     std::partial_sum(start.begin(), start.end(), start.begin());
     pixels.resize(start.back());
+    ex.resize(start.back());
+    ey.resize(start.back());
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
-    for (size_t i = 0; i < px.size(); ++i)
-      if (bucket[i] >= 0) pixels[fill[bucket[i]]++] = static_cast<int64_t>(i);
+    for (size_t i = 0; i < px.size(); ++i) {
+      if (bucket[i] < 0) continue;
+      const int64_t k = fill[bucket[i]]++;
+      pixels[k] = static_cast<int64_t>(i);
+      ex[k] = px[i].ex;
+      ey[k] = px[i].ey;
+    }
   }
 
   int64_t cell_x(double v) const { return clamp_cell((v - x0) / cell, gx); }
@@ -108,13 +154,13 @@ struct EmbeddingGrid {
     return c >= static_cast<double>(n - 1) ? n - 1 : static_cast<int64_t>(c);
   }
 
-  // Calls fn(pixel) for every pixel in the buckets overlapping [cx +- rx] x [cy +- ry].
+  // Calls fn(k0, k1) for the runs [k0, k1) of bucket order covering the buckets that
+  // overlap [cx +- rx] x [cy +- ry] (one run per row of buckets).
   template <typename Fn>
   void for_each_near(double cx, double cy, double rx, double ry, Fn&& fn) const {
     const int64_t bx0 = cell_x(cx - rx), bx1 = cell_x(cx + rx);
     const int64_t by0 = cell_y(cy - ry), by1 = cell_y(cy + ry);
-    for (int64_t by = by0; by <= by1; ++by)
-      for (int64_t k = start[by * gx + bx0]; k < start[by * gx + bx1 + 1]; ++k) fn(pixels[k]);
+    for (int64_t by = by0; by <= by1; ++by) fn(start[by * gx + bx0], start[by * gx + bx1 + 1]);
   }
 };
 
@@ -130,14 +176,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cluster_impl(
       masked_pixels<A>(pred, xs, ys, h, w, n_sigma, static_cast<A>(seed_threshold));
   const int64_t m = static_cast<int64_t>(px.size());
   if (m > min_pixels) {
-    std::vector<int64_t> order(m);
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int64_t a, int64_t b) { return px[a].seed > px[b].seed; });
-    const EmbeddingGrid grid(px);
+    const std::vector<int64_t> order = seed_order(px);
+    const EmbeddingGrid<A> grid(px);
     std::vector<uint8_t> clustered(m, 0);
     std::vector<int64_t> proposal;
-    int32_t* ids = map.mutable_data_ptr<int32_t>();
+    std::vector<uint8_t> flags;
+    std::vector<int32_t> id_of(m, 0);  // per masked pixel; written to the map at the end
     int64_t unclustered = m, next = 0;
     while (unclustered > min_pixels &&
            (max_instances < 0 || static_cast<int64_t>(scores.size()) < max_instances)) {
@@ -150,8 +194,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cluster_impl(
       proposal.clear();
       int64_t fresh = 0;
       if (s.ex == s.ex && s.ey == s.ey) {
-        grid.for_each_near(s.ex, s.ey, proposal_radius(bx), proposal_radius(by), [&](int64_t p) {
-          if (in_proposal(px[p].ex, px[p].ey, s.ex, s.ey, bx, by)) {
+        grid.for_each_near(s.ex, s.ey, proposal_radius(bx), proposal_radius(by),
+                           [&](int64_t k0, int64_t k1) {
+          flags.resize(static_cast<size_t>(k1 - k0));
+          const A* gx = grid.ex.data() + k0;
+          const A* gy = grid.ey.data() + k0;
+          for (int64_t k = 0; k < k1 - k0; ++k)  // vectorises
+            flags[k] = in_proposal(gx[k], gy[k], s.ex, s.ey, bx, by);
+          for (int64_t k = 0; k < k1 - k0; ++k) {
+            if (!flags[k]) continue;
+            const int64_t p = grid.pixels[k0 + k];
             proposal.push_back(p);
             fresh += !clustered[p];
           }
@@ -161,13 +213,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cluster_impl(
       if (accept_proposal(count, fresh, min_pixels)) {
         scores.push_back(s.seed);
         const int32_t id = static_cast<int32_t>(scores.size());
-        for (const int64_t p : proposal) ids[px[p].index] = id;
+        for (const int64_t p : proposal) id_of[p] = id;
       }
       for (const int64_t p : proposal) {
         unclustered -= !clustered[p];
         clustered[p] = 1;
       }
     }
+    int32_t* ids = map.mutable_data_ptr<int32_t>();
+    for (int64_t p = 0; p < m; ++p)  // raster order: sequential writes
+      if (id_of[p]) ids[px[p].index] = id_of[p];
   }
   const int64_t found = static_cast<int64_t>(scores.size());
   at::Tensor out = at::zeros({max_instances >= 0 ? max_instances : found}, acc);
