@@ -39,6 +39,9 @@ void check_index_range_cuda(const at::Tensor& index, int64_t n, const char* op,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> boundary_patches_cuda(
     const at::Tensor& masks, int64_t patch_size, double iou_threshold, int64_t max_out) {
   check_boundary_patches(masks, patch_size, iou_threshold, max_out);
+  // The NMS block keeps one int64 per patch row offset in shared memory (48 KiB).
+  TORCH_CHECK_VALUE(patch_size <= 4096, "boundary_patches: `patch_size` must be <= 4096 on CUDA, "
+                    "got ", patch_size);
   const c10::cuda::CUDAGuard guard(masks.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t n = masks.size(0), h = masks.size(1), w = masks.size(2);
