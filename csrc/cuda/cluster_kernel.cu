@@ -87,8 +87,9 @@ __global__ void __launch_bounds__(kLoopThreads)
     done = unclustered <= a.min_pixels || a.max_instances == 0;
   }
   __syncthreads();
-  for (int32_t iter = 0; !done; ++iter) {
-    if (threadIdx.x == 0) {
+  // `done` is written by thread 0 only between barriers and read by all only after one.
+  for (int32_t iter = 0;; ++iter) {
+    if (threadIdx.x == 0 && !done) {
       while (clustered[order[next]]) ++next;
       const int64_t j = order[next];
       score = seed[j];

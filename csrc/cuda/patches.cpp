@@ -96,8 +96,8 @@ std::tuple<at::Tensor, at::Tensor> crop_patches_cuda(const at::Tensor& images,
   if (P == 0 || out_h == 0 || out_w == 0) return {img, msk};
   const at::Tensor x = images.contiguous(), m = masks.contiguous(), b = boxes.contiguous();
   const at::Tensor ii = instance_index.contiguous(), bi = batch_index.contiguous();
-  const cuda::CropArgs a{P, images.size(0), images.size(1), images.size(2), images.size(3),
-                         out_h, out_w};
+  const cuda::CropArgs a{P,     images.size(0), images.size(1), images.size(2), images.size(3),
+                         out_h, out_w,          masks.size(0)};
   C10_CUDA_CHECK(cuda::crop_patches(cuda_dtype(x), a, x.const_data_ptr(), m.const_data_ptr<bool>(),
                                     b.const_data_ptr<int64_t>(), ii.const_data_ptr<int64_t>(),
                                     bi.const_data_ptr<int64_t>(), img.mutable_data_ptr(),

@@ -33,6 +33,7 @@ cudaError_t boundary_write(const PatchArgs& a, const bool* masks, const int64_t*
 
 struct CropArgs {
   int64_t patches, batch, channels, height, width, out_h, out_w;
+  int64_t instances;  // N: masks.shape[0]
 };
 
 // Image patches (roi_align, aligned, sampling ratio 1) and mask patches (nearest), one launch.

@@ -116,6 +116,15 @@ __global__ void crop_kernel(CropArgs a, const T* images, const bool* masks, cons
     const int64_t* bb = boxes + 4 * p;
     const int64_t i = inst[p];
     const int64_t bw = bb[2] - bb[0], bh = bb[3] - bb[1];
+    // Indices are range-checked by the glue except during graph capture: an instance (or
+    // image) out of range then gives empty patches rather than an out-of-bounds read.
+    if (i < 0 || i >= a.instances || batch[i] < 0 || batch[i] >= a.batch) {
+      if (c < a.channels)
+        image_patches[(p * a.channels + c) * bins + bin] = static_cast<T>(0.0f);
+      else
+        mask_patches[p * bins + bin] = false;
+      continue;
+    }
     if (c < a.channels) {
       const G roi[5] = {static_cast<G>(batch[i]), static_cast<G>(bb[0]), static_cast<G>(bb[1]),
                         static_cast<G>(bb[2]), static_cast<G>(bb[3])};

@@ -19,20 +19,36 @@ def _pair(value: Sequence, op: str, name: str) -> tuple:
     return tuple(value)
 
 
+def _coordinates_cpu(size: int, grid: int, extent: float, dtype: torch.dtype) -> Tensor:
+    coords = torch.linspace(0, extent, grid, dtype=dtype)
+    if size > grid:
+        step = extent / (grid - 1)
+        extra = extent + step * torch.arange(1, size - grid + 1, dtype=dtype)
+        coords = torch.cat([coords, extra])
+    return coords[:size]
+
+
+_COORDINATES: dict = {}  # (size, grid, extent, dtype, device) -> coordinates there
+
+
 def spatial_coordinates(
     size: int, grid: int, extent: float, dtype: torch.dtype, device: torch.device
 ) -> Tensor:
     """One axis of SpatialEmbeddings' coordinate map: ``linspace(0, extent, grid)[:size]``,
     continued past ``grid`` with the same step (the original fails there).
 
-    Built on the CPU and then moved: CUDA's linspace may round differently in the last
-    ulp, and the coordinates must be the same bits on every device."""
-    coords = torch.linspace(0, extent, grid, dtype=dtype)
-    if size > grid:
-        step = extent / (grid - 1)
-        extra = extent + step * torch.arange(1, size - grid + 1, dtype=dtype)
-        coords = torch.cat([coords, extra])
-    return coords[:size].to(device)
+    Built on the CPU (CUDA's linspace may round differently in the last ulp, and the
+    coordinates must be the same bits on every device) and cached per size and device, so
+    that only the first call for a size copies to an accelerator: later calls, a captured
+    CUDA graph among them, copy nothing. Treat the result as read-only (it is shared)."""
+    key = (size, grid, float(extent), dtype, torch.device(device))
+    coords = _COORDINATES.get(key)
+    if coords is None:
+        if len(_COORDINATES) >= 64:
+            _COORDINATES.clear()
+        coords = _COORDINATES[key] = _coordinates_cpu(size, grid, float(extent), dtype).to(
+            key[4])
+    return coords
 
 
 def cluster_seeds(
