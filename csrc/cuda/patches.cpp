@@ -1,5 +1,6 @@
-// Patches family (BPR), CUDA glue (kernels in patches_kernel.cu). The candidate order and
-// the per-instance patch lists come from stable device sorts and searchsorted, so the
+// Patches family (BPR), CUDA glue (kernels in patches_kernel.cu). The candidate order (a
+// stable sort per instance) and the per-instance patch lists (a stable sort and
+// searchsorted) come from the device, so the
 // padded extraction (max_out) and reassembly launch without reading anything back; the
 // unpadded extraction reads its total back to size the result, and index arguments are
 // range-checked with one read back outside CUDA-graph capture.
@@ -13,6 +14,7 @@
 #include <ATen/ops/searchsorted.h>
 #include <ATen/ops/sort.h>
 #include <ATen/ops/sub.h>
+#include <ATen/ops/lt.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
@@ -49,17 +51,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> boundary_patches_cuda
   const cuda::PatchArgs a{n, h, w, patch_size, iou_threshold};
   const at::Tensor m = masks.contiguous();
   at::Tensor kept = at::zeros({n}, opts);
-  at::Tensor order, start;
+  at::Tensor order;
   if (n * h * w > 0) {
-    at::Tensor key = at::empty({n * h * w}, opts);
-    C10_CUDA_CHECK(cuda::boundary_keys(a, m.const_data_ptr<bool>(), key.mutable_data_ptr<int64_t>(),
-                                       stream));
-    auto sorted = at::sort(key, /*stable=*/true, 0, /*descending=*/false);
-    order = std::get<1>(sorted);
-    start = at::searchsorted(std::get<0>(sorted), at::arange(0, 4 * n + 1, 4, opts));
+    // One stable sort per instance (a row each): candidates first, by level, then raster.
+    at::Tensor key = at::empty({n, h * w}, masks.options().dtype(at::kByte));
+    C10_CUDA_CHECK(cuda::boundary_keys(a, m.const_data_ptr<bool>(),
+                                       key.mutable_data_ptr<uint8_t>(), stream));
+    const at::Tensor count = at::sum(at::lt(key, 4), 1, false, at::kLong);
+    order = std::get<1>(at::sort(key, /*stable=*/true, 1, /*descending=*/false)).contiguous();
     at::Tensor suppressed = at::zeros({n, h, w}, masks.options().dtype(at::kByte));
     C10_CUDA_CHECK(cuda::boundary_nms(a, order.mutable_data_ptr<int64_t>(),
-                                      start.const_data_ptr<int64_t>(),
+                                      count.const_data_ptr<int64_t>(),
                                       suppressed.mutable_data_ptr<uint8_t>(),
                                       kept.mutable_data_ptr<int64_t>(), stream));
   }
@@ -72,7 +74,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> boundary_patches_cuda
   at::Tensor scores = at::zeros({rows}, masks.options().dtype(at::kFloat));
   if (rows > 0 && n * h * w > 0)
     C10_CUDA_CHECK(cuda::boundary_write(a, m.const_data_ptr<bool>(), order.const_data_ptr<int64_t>(),
-                                        start.const_data_ptr<int64_t>(),
                                         kept.const_data_ptr<int64_t>(),
                                         offsets.const_data_ptr<int64_t>(), rows,
                                         boxes.mutable_data_ptr<int64_t>(),

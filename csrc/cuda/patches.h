@@ -12,21 +12,20 @@ struct PatchArgs {
   double iou_threshold;
 };
 
-// key[e] of pixel e = (i, y, x): 4 i + (4 - level) for boundary candidates, 4 n otherwise.
-cudaError_t boundary_keys(const PatchArgs& a, const bool* masks, int64_t* key,
+// key[e] of pixel e = (i, y, x): 4 - level for boundary candidates (0..3), 4 otherwise.
+cudaError_t boundary_keys(const PatchArgs& a, const bool* masks, uint8_t* key,
                           cudaStream_t stream);
 
-// Greedy NMS, one block per instance, over `order` (pixels sorted by key, stable); instance
-// i's candidates are order[start[i] .. start[i + 1]). Kept patches are written back into
-// order[start[i] + k] (their pixels), their number into kept[i]. `suppressed` is a
-// zeroed [N, H, W] byte map.
-cudaError_t boundary_nms(const PatchArgs& a, int64_t* order, const int64_t* start,
+// Greedy NMS, one block per instance. order [N, H * W]: each instance's pixels (row-local
+// indices) sorted by key, stable, so its count[i] candidates come first. Kept patches are
+// written back into order[i][k] (their pixels), their number into kept[i]. `suppressed`
+// is a zeroed [N, H, W] byte map.
+cudaError_t boundary_nms(const PatchArgs& a, int64_t* order, const int64_t* count,
                          uint8_t* suppressed, int64_t* kept, cudaStream_t stream);
 
 // Writes the first `capacity` patches (instances in order, offsets[i] = first row of
 // instance i) as shifted boxes, instance indices and scores.
 cudaError_t boundary_write(const PatchArgs& a, const bool* masks, const int64_t* order,
-                           const int64_t* start,
                            const int64_t* kept, const int64_t* offsets, int64_t capacity,
                            int64_t* boxes, int64_t* instance_index, float* scores,
                            cudaStream_t stream);

@@ -1,8 +1,9 @@
 // Patches family (BPR) CUDA kernels (torch-free). Rules from csrc/common/patches.h (and
 // roi_align.h / masks.h for resampling), as on the CPU.
 //
-// Extraction: every pixel gets a sort key (instance, level); a stable device sort puts each
-// instance's candidates in the CPU's visiting order (level 4 to 1, raster order within);
+// Extraction: every pixel gets a sort key (its level); a stable device sort of each
+// instance's row puts its candidates first, in the CPU's visiting order (level 4 to 1,
+// raster order within);
 // then one block per instance runs the greedy NMS: thread 0 walks the candidates, and each
 // kept patch's suppressed offsets (row intervals) are marked by the whole block.
 #include "../common/masks.h"
@@ -27,16 +28,16 @@ __device__ int pixel_level(const bool* m, int64_t h, int64_t w, int64_t y, int64
   return boundary_level(s);
 }
 
-__global__ void keys_kernel(PatchArgs a, const bool* masks, int64_t* key) {
+__global__ void keys_kernel(PatchArgs a, const bool* masks, uint8_t* key) {
   const int64_t plane = a.height * a.width, total = a.n * plane;
   SEGOPS_GRID_STRIDE(e, total) {
     const int64_t i = e / plane, y = (e % plane) / a.width, x = e % a.width;
     const int level = pixel_level(masks + i * plane, a.height, a.width, y, x);
-    key[e] = level > 0 ? 4 * i + (4 - level) : 4 * a.n;
+    key[e] = static_cast<uint8_t>(level > 0 ? 4 - level : 4);
   }
 }
 
-__global__ void nms_kernel(PatchArgs a, int64_t* order, const int64_t* start,
+__global__ void nms_kernel(PatchArgs a, int64_t* order, const int64_t* count,
                            uint8_t* suppressed, int64_t* kept) {
   extern __shared__ int64_t half_width[];
   const int64_t i = blockIdx.x, p = a.patch, plane = a.height * a.width;
@@ -44,11 +45,12 @@ __global__ void nms_kernel(PatchArgs a, int64_t* order, const int64_t* start,
     half_width[d] = suppress_half_width(d, p, a.iou_threshold);
   __shared__ int64_t pos, keep, n_kept;
   __shared__ bool found;
-  const int64_t end = start[i + 1];
+  int64_t* row = order + i * plane;  // row-local pixel indices
+  const int64_t end = count[i];
   uint8_t* sup = suppressed + i * plane;
   const bool suppress_all = 0.0 > a.iou_threshold;
   if (threadIdx.x == 0) {
-    pos = start[i];
+    pos = 0;
     n_kept = 0;
   }
   __syncthreads();
@@ -56,17 +58,17 @@ __global__ void nms_kernel(PatchArgs a, int64_t* order, const int64_t* start,
     if (threadIdx.x == 0) {
       found = false;
       while (pos < end) {
-        const int64_t e = order[pos++];
-        if (sup[e - i * plane]) continue;
+        const int64_t q = row[pos++];
+        if (sup[q]) continue;
         found = true;
-        keep = e;
+        keep = q;
         break;
       }
     }
     __syncthreads();
     if (!found) break;
-    const int64_t q = keep - i * plane, cy = q / a.width, cx = q % a.width;
-    if (threadIdx.x == 0) order[start[i] + n_kept++] = keep;  // behind the scan position
+    const int64_t cy = keep / a.width, cx = keep % a.width;
+    if (threadIdx.x == 0) row[n_kept++] = keep;  // behind the scan position
     if (suppress_all) {
       if (threadIdx.x == 0) pos = end;
       __syncthreads();
@@ -86,14 +88,13 @@ __global__ void nms_kernel(PatchArgs a, int64_t* order, const int64_t* start,
 }
 
 __global__ void write_kernel(PatchArgs a, const bool* masks, const int64_t* order,
-                             const int64_t* start, const int64_t* kept, const int64_t* offsets,
-                             int64_t capacity, int64_t* boxes, int64_t* instance_index,
-                             float* scores) {
+                             const int64_t* kept, const int64_t* offsets, int64_t capacity,
+                             int64_t* boxes, int64_t* instance_index, float* scores) {
   const int64_t i = blockIdx.x, plane = a.height * a.width;
   for (int64_t k = threadIdx.x; k < kept[i]; k += blockDim.x) {
     const int64_t row = offsets[i] + k;
     if (row >= capacity) break;
-    const int64_t q = order[start[i] + k] - i * plane, y = q / a.width, x = q % a.width;
+    const int64_t q = order[i * plane + k], y = q / a.width, x = q % a.width;
     const Span sx = shifted_patch(x, a.patch, a.width), sy = shifted_patch(y, a.patch, a.height);
     boxes[4 * row] = sx.lo;
     boxes[4 * row + 1] = sy.lo;
@@ -206,28 +207,28 @@ __global__ void reassemble_kernel(ReassembleArgs a, const bool* masks, const T* 
 
 }  // namespace
 
-cudaError_t boundary_keys(const PatchArgs& a, const bool* masks, int64_t* key,
+cudaError_t boundary_keys(const PatchArgs& a, const bool* masks, uint8_t* key,
                           cudaStream_t stream) {
   keys_kernel<<<blocks_for(a.n * a.height * a.width, kThreads), kThreads, 0, stream>>>(a, masks,
                                                                                         key);
   return cudaGetLastError();
 }
 
-cudaError_t boundary_nms(const PatchArgs& a, int64_t* order, const int64_t* start,
+cudaError_t boundary_nms(const PatchArgs& a, int64_t* order, const int64_t* count,
                          uint8_t* suppressed, int64_t* kept, cudaStream_t stream) {
   if (a.n == 0) return cudaSuccess;
   nms_kernel<<<static_cast<unsigned int>(a.n), kNmsThreads, a.patch * sizeof(int64_t), stream>>>(
-      a, order, start, suppressed, kept);
+      a, order, count, suppressed, kept);
   return cudaGetLastError();
 }
 
 cudaError_t boundary_write(const PatchArgs& a, const bool* masks, const int64_t* order,
-                           const int64_t* start, const int64_t* kept, const int64_t* offsets,
-                           int64_t capacity, int64_t* boxes, int64_t* instance_index,
-                           float* scores, cudaStream_t stream) {
+                           const int64_t* kept, const int64_t* offsets, int64_t capacity,
+                           int64_t* boxes, int64_t* instance_index, float* scores,
+                           cudaStream_t stream) {
   if (a.n == 0) return cudaSuccess;
   write_kernel<<<static_cast<unsigned int>(a.n), kThreads, 0, stream>>>(
-      a, masks, order, start, kept, offsets, capacity, boxes, instance_index, scores);
+      a, masks, order, kept, offsets, capacity, boxes, instance_index, scores);
   return cudaGetLastError();
 }
 
