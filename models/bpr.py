@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import segops
-from segops.models.yolact import BasicBlock
+from .backbones import BasicBlock
 
 __all__ = [
     "IMAGENET_MEAN",
