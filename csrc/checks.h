@@ -40,6 +40,10 @@ inline void check_nonneg(int64_t v, const char* op, const char* name) {
   TORCH_CHECK_VALUE(v >= 0, op, ": `", name, "` must be >= 0, got ", v);
 }
 
+inline void check_not_nan(double v, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(v == v, op, ": `", name, "` must not be NaN");
+}
+
 inline void check_finite(double v, const char* op, const char* name) {
   TORCH_CHECK_VALUE(std::isfinite(v), op, ": `", name, "` must be finite, got ", v);
 }

@@ -25,8 +25,8 @@ inline void check_cluster(const char* op, const at::Tensor& prediction, const at
                     ys.sizes(), " of ", ys.scalar_type());
   check_same_device(prediction, xs, op, "prediction", "xs");
   check_same_device(prediction, ys, op, "prediction", "ys");
-  TORCH_CHECK_VALUE(threshold == threshold, op, ": `threshold` must not be NaN");
-  TORCH_CHECK_VALUE(seed_threshold == seed_threshold, op, ": `seed_threshold` must not be NaN");
+  check_not_nan(threshold, op, "threshold");
+  check_not_nan(seed_threshold, op, "seed_threshold");
   check_nonneg(min_pixels, op, "min_pixels");
   TORCH_CHECK_VALUE(max_instances >= -1, op,
                     ": `max_instances` must be >= 0 (or -1 for no limit), got ", max_instances);

@@ -1,6 +1,9 @@
 // Argument checks of the masks family, shared by its CPU and CUDA glue.
 #pragma once
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <optional>
 
 #include <string>
@@ -28,8 +31,15 @@ inline void check_assemble(const char* op, const at::Tensor& protos, const at::T
   check_same_device(protos, boxes, op, "protos", "boxes");
 }
 
-inline void check_threshold(double threshold, const char* op) {
-  TORCH_CHECK_VALUE(threshold == threshold, op, ": `threshold` must not be NaN");
+// The threshold rounded to `dtype` (through its accumulation type), as torch rounds the
+// scalar of `tensor > threshold`; exact in the kernels' accumulation type.
+inline double rounded_threshold(double t, at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kDouble: return t;
+    case at::kHalf: return static_cast<float>(c10::Half(static_cast<float>(t)));
+    case at::kBFloat16: return static_cast<float>(c10::BFloat16(static_cast<float>(t)));
+    default: return static_cast<float>(t);
+  }
 }
 
 enum class PasteMode { Detectron2, Torchvision };
@@ -49,7 +59,7 @@ inline PasteMode check_paste(const char* op, const at::Tensor& masks, const at::
   check_same_device(masks, boxes, op, "masks", "boxes");
   check_nonneg(height, op, "image_size (height)");
   check_nonneg(width, op, "image_size (width)");
-  if (threshold.has_value()) check_threshold(*threshold, op);
+  if (threshold.has_value()) check_not_nan(*threshold, op, "threshold");
   if (mode == "detectron2") return PasteMode::Detectron2;
   TORCH_CHECK_VALUE(mode == "torchvision", op,
                     ": `mode` must be \"detectron2\" or \"torchvision\", got \"",

@@ -17,7 +17,7 @@ inline void check_boundary_patches(const at::Tensor& masks, int64_t patch_size,
   check_bool_masks(masks, op);
   TORCH_CHECK_VALUE(patch_size >= 2 && patch_size % 2 == 0, op,
                     ": `patch_size` must be an even int >= 2, got ", patch_size);
-  TORCH_CHECK_VALUE(iou_threshold == iou_threshold, op, ": `iou_threshold` must not be NaN");
+  check_not_nan(iou_threshold, op, "iou_threshold");
   TORCH_CHECK_VALUE(max_out >= -1, op, ": `max_out` must be >= 0 (or -1 for no limit), got ",
                     max_out);
 }
@@ -81,7 +81,7 @@ inline void check_reassemble_patches(const at::Tensor& masks, const at::Tensor& 
                     ": `patch_probs` must be [P, h, w] with P = boxes.shape[0] = ", boxes.size(0),
                     ", got shape ", patch_probs.sizes());
   check_same_device(masks, patch_probs, op, "masks", "patch_probs");
-  TORCH_CHECK_VALUE(threshold == threshold, op, ": `threshold` must not be NaN");
+  check_not_nan(threshold, op, "threshold");
   range_check(instance_index, masks.size(0), op, "instance_index");
 }
 

@@ -22,13 +22,6 @@
 namespace segops {
 namespace {
 
-// Thresholds are rounded to the data dtype T (through its accumulation type), as torch
-// rounds the scalar of `tensor > threshold`; values are rounded to T before the test.
-template <typename T, typename A>
-A rounded_threshold(double t) {
-  return static_cast<A>(static_cast<T>(static_cast<acc_t<T>>(t)));
-}
-
 // ---- assemble_masks ----
 
 // protos [H, W, K] -> [H][K][W] in the accumulation type: the logit loop then runs along
@@ -126,13 +119,18 @@ void dispatch_assemble(const at::Tensor& protos, const at::Tensor& boxes, Fn&& f
   });
 }
 
+// Boxes in their geometry dtype (float64 boxes stay float64, else float32), contiguous.
+at::Tensor geometry_boxes(const at::Tensor& boxes) {
+  return boxes.to(compute_dtype(boxes.scalar_type())).contiguous();
+}
+
+// b: geometry_boxes(boxes).
 at::Tensor assemble_cropped(const at::Tensor& protos, const at::Tensor& coeffs,
-                            const at::Tensor& boxes, int64_t padding) {
+                            const at::Tensor& b, int64_t padding) {
   const int64_t h = protos.size(0), w = protos.size(1), k = protos.size(2), n = coeffs.size(0);
   at::Tensor out = at::zeros({n, h, w}, protos.options());
   if (out.numel() == 0) return out;
   const at::Tensor p = protos.contiguous(), c = coeffs.contiguous();
-  const at::Tensor b = boxes.to(compute_dtype(boxes.scalar_type())).contiguous();
   dispatch_assemble(p, b, [&](auto t, auto g) {
     using T = decltype(t);
     using B = decltype(g);
@@ -145,7 +143,7 @@ at::Tensor assemble_cropped(const at::Tensor& protos, const at::Tensor& coeffs,
 at::Tensor assemble_masks_cpu(const at::Tensor& protos, const at::Tensor& coeffs,
                               const at::Tensor& boxes, int64_t padding) {
   check_assemble("assemble_masks", protos, coeffs, boxes);
-  return assemble_cropped(protos, coeffs, boxes, padding);
+  return assemble_cropped(protos, coeffs, geometry_boxes(boxes), padding);
 }
 
 // The output columns [begin, end) whose taps reach source indices [r.begin, r.end): taps
@@ -162,12 +160,12 @@ IndexRange reaching(const std::vector<LinearTap<A>>& taps, const IndexRange& r) 
 
 template <typename T, typename B>
 void upsample_kernel(const T* cropped, const B* boxes, int64_t n, int64_t h, int64_t w,
-                     int64_t padding, int64_t oh, int64_t ow, double threshold, bool* out) {
+                     int64_t padding, int64_t oh, int64_t ow, double thr_rounded, bool* out) {
   using A = acc_t<T>;
   std::vector<LinearTap<A>> ty(oh), tx(ow);
   for (int64_t o = 0; o < oh; ++o) ty[o] = resize_tap<A>(o, h, oh);
   for (int64_t o = 0; o < ow; ++o) tx[o] = resize_tap<A>(o, w, ow);
-  const A thr = rounded_threshold<T, A>(threshold);
+  const A thr = static_cast<A>(thr_rounded);
   const auto to_bool = [thr](A v) -> bool { return static_cast<A>(static_cast<T>(v)) > thr; };
   const bool bg = to_bool(A(0));
   at::parallel_for(0, n, 1, [&](int64_t n0, int64_t n1) {
@@ -195,7 +193,7 @@ at::Tensor assemble_masks_upsampled_cpu(const at::Tensor& protos, const at::Tens
   check_assemble(op, protos, coeffs, boxes);
   check_nonneg(height, op, "image_size (height)");
   check_nonneg(width, op, "image_size (width)");
-  check_threshold(threshold, op);
+  check_not_nan(threshold, op, "threshold");
   const int64_t n = coeffs.size(0), h = protos.size(0), w = protos.size(1);
   at::Tensor out = at::empty({n, height, width}, protos.options().dtype(at::kBool));
   if (out.numel() == 0) return out;
@@ -204,13 +202,14 @@ at::Tensor assemble_masks_upsampled_cpu(const at::Tensor& protos, const at::Tens
     TORCH_CHECK_VALUE(false, op, ": `protos` must have H, W >= 1 to be resized, got shape ",
                       protos.sizes());
   }
-  const at::Tensor cropped = assemble_cropped(protos, coeffs, boxes, padding);
-  const at::Tensor b = boxes.to(compute_dtype(boxes.scalar_type())).contiguous();
+  const at::Tensor b = geometry_boxes(boxes);
+  const at::Tensor cropped = assemble_cropped(protos, coeffs, b, padding);
   dispatch_assemble(protos, b, [&](auto t, auto g) {
     using T = decltype(t);
     using B = decltype(g);
     upsample_kernel<T, B>(cropped.const_data_ptr<T>(), b.const_data_ptr<B>(), n, h, w, padding,
-                          height, width, threshold, out.mutable_data_ptr<bool>());
+                          height, width, rounded_threshold(threshold, protos.scalar_type()),
+                          out.mutable_data_ptr<bool>());
   });
   return out;
 }
@@ -282,7 +281,7 @@ at::Tensor paste_masks_cpu(const at::Tensor& masks, const at::Tensor& boxes, int
     auto run = [&](auto geometry) {
       using A = decltype(geometry);
       if (threshold) {
-        const A thr = rounded_threshold<T, A>(*threshold);
+        const A thr = static_cast<A>(rounded_threshold(*threshold, m.scalar_type()));
         const auto to_bool = [thr](A v) -> bool {
           return static_cast<A>(static_cast<T>(v)) >= thr;
         };

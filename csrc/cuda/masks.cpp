@@ -14,17 +14,6 @@
 namespace segops {
 namespace {
 
-// The threshold rounded to `dtype` (through its accumulation type), as the CPU kernels
-// and torch's `tensor > threshold` round it.
-double rounded_threshold(double t, at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kDouble: return t;
-    case at::kHalf: return static_cast<float>(c10::Half(static_cast<float>(t)));
-    case at::kBFloat16: return static_cast<float>(c10::BFloat16(static_cast<float>(t)));
-    default: return static_cast<float>(t);
-  }
-}
-
 cuda::AssembleArgs assemble_args(const at::Tensor& protos, const at::Tensor& coeffs,
                                  const at::Tensor& boxes, int64_t padding) {
   return {coeffs.size(0), protos.size(0), protos.size(1), protos.size(2), padding,
@@ -58,7 +47,7 @@ at::Tensor assemble_masks_upsampled_cuda(const at::Tensor& protos, const at::Ten
   check_assemble(op, protos, coeffs, boxes);
   check_nonneg(height, op, "image_size (height)");
   check_nonneg(width, op, "image_size (width)");
-  check_threshold(threshold, op);
+  check_not_nan(threshold, op, "threshold");
   const c10::cuda::CUDAGuard guard(protos.device());
   const auto a = assemble_args(protos, coeffs, boxes, padding);
   at::Tensor out = at::empty({a.n, height, width}, protos.options().dtype(at::kBool));
