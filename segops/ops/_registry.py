@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -35,6 +36,15 @@ def check_float(t: Tensor, op: str, name: str) -> None:
         raise TypeError(
             f"{op}: `{name}` must be float32, float64, float16 or bfloat16, got {t.dtype}"
         )
+
+
+def check_threshold(value: object, op: str, name: str = "threshold") -> float:
+    """A real number that is not NaN (TypeError / ValueError otherwise), as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{op}: `{name}` must be a float, got {type(value).__name__}")
+    if math.isnan(value):
+        raise ValueError(f"{op}: `{name}` must not be NaN")
+    return float(value)
 
 
 def pair(value: int | Sequence[int], op: str, name: str) -> tuple[int, int]:

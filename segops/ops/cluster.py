@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._registry import check_float, check_tensor, fake
+from ._registry import check_float, check_tensor, check_threshold, fake
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -102,11 +102,8 @@ def cluster_seeds(
             f"{op}: `prediction` must be [2 + n_sigma + 1, H, W] = [{3 + n_sigma}, H, W] for "
             f"n_sigma = {n_sigma}, got shape {tuple(prediction.shape)}"
         )
-    for name, value in (("threshold", threshold), ("seed_threshold", seed_threshold)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{op}: `{name}` must be a float, got {type(value).__name__}")
-        if math.isnan(value):
-            raise ValueError(f"{op}: `{name}` must not be NaN")
+    threshold = check_threshold(threshold, op)
+    seed_threshold = check_threshold(seed_threshold, op, "seed_threshold")
     if isinstance(min_pixels, bool) or not isinstance(min_pixels, int) or min_pixels < 0:
         raise ValueError(f"{op}: `min_pixels` must be an int >= 0, got {min_pixels!r}")
     gy, gx = _pair(grid, op, "grid")

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from ._registry import check_float, check_same_device, check_tensor, fake, pair, register_autocast
-
-
-def _check_threshold(threshold: float, op: str) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise TypeError(f"{op}: `threshold` must be a float, got {type(threshold).__name__}")
-    if math.isnan(threshold):
-        raise ValueError(f"{op}: `threshold` must not be NaN")
-    return float(threshold)
-
-
-def _check_image_size(image_size: int | Sequence[int], op: str) -> tuple[int, int]:
-    return pair(image_size, op, "image_size")
+from ._registry import (
+    check_float,
+    check_same_device,
+    check_tensor,
+    check_threshold,
+    fake,
+    pair,
+    register_autocast,
+)
 
 
 def assemble_masks(
@@ -91,8 +85,8 @@ def assemble_masks(
         raise TypeError(f"{op}: `padding` must be an int, got {type(padding).__name__}")
     if image_size is None:
         return torch.ops.segops.assemble_masks(protos, coeffs, boxes, padding)
-    h, w = _check_image_size(image_size, op)
-    threshold = _check_threshold(threshold, op)
+    h, w = pair(image_size, op, "image_size")
+    threshold = check_threshold(threshold, op)
     return torch.ops.segops.assemble_masks_upsampled(protos, coeffs, boxes, padding, h, w,
                                                      threshold)
 
@@ -149,9 +143,9 @@ def paste_masks(
             f"got shape {tuple(boxes.shape)}"
         )
     check_same_device(op, "masks", {"masks": masks, "boxes": boxes})
-    h, w = _check_image_size(image_size, op)
+    h, w = pair(image_size, op, "image_size")
     if threshold is not None:
-        threshold = _check_threshold(threshold, op)
+        threshold = check_threshold(threshold, op)
     if mode not in ("detectron2", "torchvision"):
         raise ValueError(f'{op}: `mode` must be "detectron2" or "torchvision", got {mode!r}')
     return torch.ops.segops.paste_masks(masks, boxes, h, w, threshold, mode)
