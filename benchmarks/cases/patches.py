@@ -1,4 +1,5 @@
-"""patches family: boundary_patches and reassemble_patches (BPR's boundary patch refinement).
+"""patches family: boundary_patches, crop_patches and reassemble_patches (BPR's boundary
+patch refinement).
 
 Scene: a 1024x2048 [--quick: 256x512] image (Cityscapes' size) with 30 [6] instance masks,
 areas log-uniform from 400 to 150k [100 to 10k] pixels: smooth blobs (a circle with random
@@ -10,6 +11,10 @@ twice the patches), 64x64 patches:
 
 - ``boundary_patches``: extraction (boundary score, candidates, per-instance NMS, shift
   into the image) from the 30 masks. Output ``(boxes, instance_index, scores)``.
+- ``crop_patches``: the image (3 channels, ``--dtype``) and mask patches of the patches
+  segops extracts, resampled to 256x256 [64x64] as BPR feeds its refinement net. Output
+  ``(image_patches, mask_patches)``; the reference crops through ``roi_align`` and
+  ``F.interpolate(mode="nearest")``, so both outputs are exact.
 - ``reassemble_patches``: reassembly of the patches segops extracts from the same masks,
   with ``patch_probs`` of size 64x64 (= the box size, so no resampling): the mask crops as
   0/1 blended with uniform noise (``0.6 * m + 0.4 * u``, in ``--dtype``), so that
@@ -227,11 +232,43 @@ def _reassemble_setup(threshold: float):
     return setup
 
 
+CROP_SIZE = (256, 64)
+
+
+def _crop_setup(threshold: float):
+    def setup(ctx: Ctx) -> Dict[str, Any]:
+        masks = scene(ctx)
+        boxes, index, _ = ctx.segops.boundary_patches(masks, PATCH_SIZE, threshold)
+        g = torch.Generator().manual_seed(6)
+        images = torch.rand((1, 3) + tuple(masks.shape[1:]), generator=g)
+        images = images.to(ctx.device, ctx.dtype)
+        batch = torch.zeros(masks.size(0), dtype=torch.int64, device=ctx.device)
+        masks, boxes, index = masks.to(ctx.device), boxes.to(ctx.device), index.to(ctx.device)
+        size = _pick(ctx, CROP_SIZE)
+        return {
+            name: (lambda fn=fn: fn(images, masks, boxes, index, batch, size))
+            for name, fn in op_impls(ctx, "crop_patches", torchvision=False).items()
+        }
+
+    return setup
+
+
+def _crop_name(threshold: float) -> Callable[[Ctx], str]:
+    def name(ctx: Ctx) -> str:
+        s = _pick(ctx, CROP_SIZE)
+        return f"{_name('crop_patches', threshold)(ctx)} to {s}x{s} C3"
+
+    return name
+
+
 def register_cases() -> None:
     for threshold in THRESHOLDS:
         register("boundary_patches", _name("boundary_patches", threshold),
                  _extract_setup(threshold), exact=True, patch_size=PATCH_SIZE,
                  iou_threshold=threshold)
+    for threshold in THRESHOLDS:
+        register("crop_patches", _crop_name(threshold), _crop_setup(threshold), exact=True,
+                 patch_size=PATCH_SIZE, iou_threshold=threshold)
     for threshold in THRESHOLDS:
         register("reassemble_patches", _name("reassemble_patches", threshold),
                  _reassemble_setup(threshold), exact=True, patch_size=PATCH_SIZE,
