@@ -187,6 +187,104 @@ def test_cluster_is_deterministic(device):
 
 
 # ======================================================================================
+# Decisions packed densely around their thresholds (the CPU kernel decides most of them
+# from the logit or the distance alone, without the exponential)
+# ======================================================================================
+
+
+def _ulp_walk(centre: float, dtype: torch.dtype, steps: int) -> np.ndarray:
+    """The 2 * steps + 1 consecutive values of ``dtype`` centred on ``centre``."""
+    ftype = np.float64 if dtype == torch.float64 else np.float32
+    c = ftype(centre)
+    up, down = [c], [c]
+    for _ in range(steps):
+        up.append(np.nextafter(up[-1], ftype(np.inf)))
+        down.append(np.nextafter(down[-1], ftype(-np.inf)))
+    return np.array(down[:0:-1] + up, dtype=ftype)
+
+
+@pytest.mark.parametrize("dtype", FULL)
+@pytest.mark.parametrize("t", [0.5, 0.9, 0.99, 1 - 2**-24, 1e-6, 1e-25, 1e-35, 0.0, 1.0, -0.5])
+def test_cluster_masked_set_near_seed_threshold(device, dtype, t):
+    """Seed logits spread over logit(t) +- 3e-5 / (1 - t) (the kernel's undecided band is a
+    third of that) and the 300 values either side of where the decision flips: the masked
+    pixels are exactly those with the reference's ``sigmoid_p(logit) > t``. A bandwidth of
+    ~0 puts every masked pixel into the first proposal, so the map shows the masked set."""
+    H, W = 40, 64
+    ftype = np.float64 if dtype == torch.float64 else np.float32
+    passes = lambda v: bool(ref.sigmoid_p(torch.tensor(v, dtype=dtype)) > t)  # noqa: E731
+    L = math.log(t / (1 - t)) if 0 < t < 1 else 0.0
+    spread = 3e-5 / (1 - t) if 0 < t < 1 else 20.0
+    wide = (L + np.linspace(-spread, spread, H * W - 601)).astype(ftype)
+    flip = L
+    if 0 < t < 1:  # bisect the float where the reference's decision flips
+        lo, hi = ftype(wide[0]), ftype(wide[-1])
+        assert not passes(lo) and passes(hi)
+        while np.nextafter(lo, hi) != hi:
+            mid = ftype((lo + hi) / 2)
+            mid = mid if mid not in (lo, hi) else np.nextafter(lo, hi)
+            lo, hi = (mid, hi) if not passes(mid) else (lo, mid)
+        flip = hi
+    walk = _ulp_walk(flip, dtype, 300)
+    logits = torch.from_numpy(np.concatenate([wide, walk])).view(H, W)
+    pred = torch.zeros(4, H, W, dtype=dtype)
+    pred[2] = -10.0  # bandwidth exp(-100): every masked pixel joins the first proposal
+    pred[3] = logits
+    kwargs = dict(threshold=-1.0, seed_threshold=t, min_pixels=0)
+    out = segops.cluster_seeds(pred.to(device), **kwargs)
+    assert_cluster_equal(out, ref.cluster_seeds(pred, **kwargs))
+    masked = (ref.sigmoid_p(logits) > torch.tensor(t, dtype=dtype)).numpy()
+    if masked.sum() >= 3:  # the first proposal is accepted: (count - 1) / count > 0.5
+        assert_map_equal(out[0], masked.astype(np.int32))
+    if 0 < t < 1:  # the boundary lies within the ulp walk
+        in_walk = masked.reshape(-1)[-walk.size:]
+        assert in_walk.any() and not in_walk.all()
+
+
+@pytest.mark.parametrize("dtype", FULL)
+def test_cluster_proposal_boundary_dense(device, dtype):
+    """One seed and ~4600 pixels whose embeddings lie at distances d from it packed around
+    the proposal's boundary, d = ln 2 (half over [0.68, 0.70], half within ~1000 ulp of
+    ln 2): instance 1 is exactly the pixels with the reference's ``exp_p(-d) > 0.5``, the
+    other pixels' seeds being below ``threshold``."""
+    H, W = 48, 96
+    n = H * W
+    g = np.random.default_rng(7)
+    d = np.concatenate([np.linspace(0.68, 0.70, n // 2),
+                        math.log(2) * (1 + 2**-24 * np.arange(-(n - n // 2) // 2,
+                                                              (n - n // 2) - (n - n // 2) // 2))])
+    g.shuffle(d)
+    sigma = 0.5  # bandwidth exp(5)
+    s = math.exp(10 * sigma)
+    theta = g.uniform(0, 2 * math.pi, n)
+    r = np.sqrt(d / s)
+    xs = ref.grid_coordinates(W, 2048, 2.0, torch.float64).numpy()
+    ys = ref.grid_coordinates(H, 1024, 1.0, torch.float64).numpy()
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    off_x = np.arctanh(r * np.cos(theta) - xx.reshape(-1))
+    off_y = np.arctanh(r * np.sin(theta) - yy.reshape(-1))
+    off_x[0] = off_y[0] = 0.0  # the seed, pixel 0, embeds at (0, 0)
+    pred = torch.zeros(4, H, W, dtype=dtype)
+    pred[0] = torch.from_numpy(off_x).view(H, W)
+    pred[1] = torch.from_numpy(off_y).view(H, W)
+    pred[2] = sigma
+    pred[3] = 1.0  # sigmoid 0.73: masked, but below threshold
+    pred[3, 0, 0] = 5.0
+    kwargs = dict(threshold=0.9, seed_threshold=0.5, min_pixels=0)
+    out = segops.cluster_seeds(pred.to(device), **kwargs)
+    assert_cluster_equal(out, ref.cluster_seeds(pred, **kwargs))
+    acc = pred
+    ex = ref.tanh_p(acc[0]) + ref.grid_coordinates(W, 2048, 2.0, dtype)
+    ey = ref.tanh_p(acc[1]) + ref.grid_coordinates(H, 1024, 1.0, dtype)[:, None]
+    sx = ref.exp_p(acc[2] * torch.tensor(10.0, dtype=dtype))
+    dist = ((ex - ex[0, 0]) * (ex - ex[0, 0])) * sx + ((ey - ey[0, 0]) * (ey - ey[0, 0])) * sx
+    joins = (ref.exp_p(-dist) > torch.tensor(0.5, dtype=dtype)).numpy()
+    assert_map_equal(out[0], joins.astype(np.int32))
+    near = np.abs(dist.numpy() - math.log(2)) < 1e-6
+    assert joins[near].any() and not joins[near].all()
+
+
+# ======================================================================================
 # Empty images
 # ======================================================================================
 

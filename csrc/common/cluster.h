@@ -8,13 +8,6 @@
 
 namespace segops {
 
-// One masked pixel: its raster index, spatial embedding, sigma (x, y) and seed.
-template <typename A>
-struct SeedPixel {
-  int64_t index;
-  A ex, ey, sx, sy, seed;
-};
-
 // emb = tanh(offset) + coordinate, seed = sigmoid(logit).
 template <typename A>
 SEGOPS_HOST_DEVICE A embedding(A offset, A coordinate) {
@@ -31,11 +24,25 @@ SEGOPS_HOST_DEVICE A bandwidth(A sigma) {
 // d = ((ex - cx)^2) * s_x + ((ey - cy)^2) * s_y, evaluated left to right as the original's
 // torch.sum(torch.pow(emb - centre, 2) * s, 0).
 template <typename A>
-SEGOPS_HOST_DEVICE bool in_proposal(A ex, A ey, A cx, A cy, A s_x, A s_y) {
+SEGOPS_HOST_DEVICE A proposal_distance(A ex, A ey, A cx, A cy, A s_x, A s_y) {
   const A dx = ex - cx, dy = ey - cy;
-  const A d = (dx * dx) * s_x + (dy * dy) * s_y;
+  return (dx * dx) * s_x + (dy * dy) * s_y;
+}
+
+template <typename A>
+SEGOPS_HOST_DEVICE bool joins_proposal(A d) {
   return exp_portable(-d) > A(0.5);
 }
+
+template <typename A>
+SEGOPS_HOST_DEVICE bool in_proposal(A ex, A ey, A cx, A cy, A s_x, A s_y) {
+  return joins_proposal(proposal_distance(ex, ey, cx, cy, s_x, s_y));
+}
+
+// Distances that decide joins_proposal without the exponential: exp(-0.69) = 0.50158 and
+// exp(-0.6963) = 0.49843 are thousands of ulp from 0.5, beyond exp_portable's 2 ulp, so
+// every d < kJoinsBelow joins and every d > kLeavesAbove does not (ln 2 = 0.693147).
+constexpr double kJoinsBelow = 0.69, kLeavesAbove = 0.6963;
 
 // Half-width of the box around the centre, along an axis of bandwidth s, outside which no
 // pixel can be in the proposal: there d >= (dx^2) s >= 0.7 > ln 2 (with margin for rounding
