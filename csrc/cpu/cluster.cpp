@@ -24,6 +24,7 @@
 
 #include "../cluster_checks.h"
 #include "../common/cluster.h"
+#include "huge_pages.h"
 
 namespace segops {
 namespace {
@@ -281,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cluster_impl(
     double threshold, double seed_threshold, int64_t min_pixels, int64_t max_instances) {
   const int64_t h = prediction.size(1), w = prediction.size(2), plane = h * w;
   const auto acc = prediction.options().dtype(compute_dtype(prediction.scalar_type()));
-  at::Tensor map = at::zeros({h, w}, prediction.options().dtype(at::kInt));
+  at::Tensor map = empty_output({h, w}, prediction.options().dtype(at::kInt)).zero_();
   std::vector<A> scores;
   MaskedPixels<A> px =
       masked_pixels<A>(pred, xs, ys, h, w, n_sigma, static_cast<A>(seed_threshold));

@@ -18,6 +18,7 @@
 
 #include "../common/masks.h"
 #include "../masks_checks.h"
+#include "huge_pages.h"
 
 namespace segops {
 namespace {
@@ -128,7 +129,7 @@ at::Tensor geometry_boxes(const at::Tensor& boxes) {
 at::Tensor assemble_cropped(const at::Tensor& protos, const at::Tensor& coeffs,
                             const at::Tensor& b, int64_t padding) {
   const int64_t h = protos.size(0), w = protos.size(1), k = protos.size(2), n = coeffs.size(0);
-  at::Tensor out = at::zeros({n, h, w}, protos.options());
+  at::Tensor out = empty_output({n, h, w}, protos.options()).zero_();
   if (out.numel() == 0) return out;
   const at::Tensor p = protos.contiguous(), c = coeffs.contiguous();
   dispatch_assemble(p, b, [&](auto t, auto g) {
@@ -195,7 +196,7 @@ at::Tensor assemble_masks_upsampled_cpu(const at::Tensor& protos, const at::Tens
   check_nonneg(width, op, "image_size (width)");
   check_not_nan(threshold, op, "threshold");
   const int64_t n = coeffs.size(0), h = protos.size(0), w = protos.size(1);
-  at::Tensor out = at::empty({n, height, width}, protos.options().dtype(at::kBool));
+  at::Tensor out = empty_output({n, height, width}, protos.options().dtype(at::kBool));
   if (out.numel() == 0) return out;
   if (h == 0 || w == 0) {
     // No source pixels: F.interpolate would refuse; every value is the empty crop's 0.
@@ -271,8 +272,8 @@ at::Tensor paste_masks_cpu(const at::Tensor& masks, const at::Tensor& boxes, int
   const PasteMode mode =
       check_paste("paste_masks", masks, boxes, height, width, threshold, mode_name);
   const int64_t n = masks.size(0), mh = masks.size(1), mw = masks.size(2);
-  at::Tensor out = at::empty({n, height, width},
-                             threshold ? masks.options().dtype(at::kBool) : masks.options());
+  at::Tensor out = empty_output({n, height, width},
+                                threshold ? masks.options().dtype(at::kBool) : masks.options());
   if (out.numel() == 0) return out;
   const at::Tensor m = masks.contiguous();
   const at::Tensor b = boxes.to(paste_geometry_dtype(masks, boxes)).contiguous();

@@ -23,6 +23,7 @@
 #include "../common/patches.h"
 #include "../common/roi_align.h"
 #include "../patches_checks.h"
+#include "huge_pages.h"
 
 namespace segops {
 namespace {
@@ -215,7 +216,7 @@ at::Tensor reassemble_patches_cpu(const at::Tensor& masks, const at::Tensor& pat
                                   double threshold) {
   check_reassemble_patches(masks, patch_probs, boxes, instance_index, threshold,
                            &check_index_range);
-  at::Tensor out = masks.contiguous().clone();
+  at::Tensor out = empty_output(masks.sizes(), masks.options()).copy_(masks);
   const int64_t n = masks.size(0), H = masks.size(1), W = masks.size(2), P = boxes.size(0);
   const int64_t ph = patch_probs.size(1), pw = patch_probs.size(2);
   if (P == 0 || H == 0 || W == 0 || ph == 0 || pw == 0) return out;
