@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <numeric>
@@ -356,18 +357,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fast_nms_cpu(
 
 // ---------------------------------------------------------------- matrix_nms
 
-// Masks as rows of 64-bit words, one bit a pixel.
+// Eight bools (bytes 0 or 1) as eight bits, byte k -> bit k: the multiplication puts every
+// byte's bit into the top byte without carries.
+inline uint64_t pack8(const uint8_t* p) {
+  uint64_t x;
+  std::memcpy(&x, p, 8);
+  return (x * 0x0102040810204080ULL) >> 56;
+}
+
+// Masks as rows of 64-bit words, one bit a pixel (bit order within a word is irrelevant to
+// intersections, as long as every row uses the same).
 std::vector<uint64_t> pack_masks(const at::Tensor& masks, const std::vector<int64_t>& order,
                                  int64_t words) {
   const int64_t N = masks.size(0), P = masks.size(1) * masks.size(2);
-  const at::Tensor m = masks.ne(0).contiguous();
-  const bool* p = m.const_data_ptr<bool>();
+  const at::Tensor m =
+      (masks.scalar_type() == at::kBool ? masks : masks.ne(0)).contiguous().view(at::kByte);
+  const uint8_t* p = m.const_data_ptr<uint8_t>();
   std::vector<uint64_t> packed(N * words, 0);
   at::parallel_for(0, N, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const bool* src = p + order[r] * P;
+      const uint8_t* src = p + order[r] * P;
       uint64_t* dst = packed.data() + r * words;
-      for (int64_t i = 0; i < P; ++i) dst[i >> 6] |= uint64_t(src[i]) << (i & 63);
+      int64_t i = 0;
+      for (; i + 64 <= P; i += 64) {
+        uint64_t w = 0;
+        for (int b = 0; b < 8; ++b) w |= pack8(src + i + 8 * b) << (8 * b);
+        dst[i >> 6] = w;
+      }
+      for (; i < P; ++i) dst[i >> 6] |= uint64_t(src[i]) << (i & 63);
     }
   });
   return packed;
@@ -384,25 +401,36 @@ int64_t popcount_and(const uint64_t* a, const uint64_t* b, int64_t words) {
   return n;
 }
 
+// Matrix NMS reads the IoU of a pair only when both masks have the same label (the decay
+// and the compensation both ignore other pairs), so only those intersections are counted:
+// per label, the masks in score order.
 template <typename G>
 std::vector<G> matrix_nms_sorted(const std::vector<uint64_t>& packed, int64_t N, int64_t words,
                                  const std::vector<int64_t>& label, bool gaussian, G sigma) {
   std::vector<G> area(N), iou(N * N, G(0)), comp(N, G(0)), decay(N);
-  for (int64_t i = 0; i < N; ++i) {
-    const uint64_t* row = packed.data() + i * words;
-    area[i] = static_cast<G>(popcount_and(row, row, words));
-  }
-  auto iou_row = [&](int64_t i) {
-    const uint64_t* a = packed.data() + i * words;
-    for (int64_t j = i + 1; j < N; ++j)
-      iou[i * N + j] = mask_iou(static_cast<G>(popcount_and(a, packed.data() + j * words, words)),
-                                area[i], area[j]);
-  };
-  // Row i has N - 1 - i pairs: rows p and N - 1 - p go together so that chunks are even.
-  at::parallel_for(0, (N + 1) / 2, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      iou_row(p);
-      if (N - 1 - p != p) iou_row(N - 1 - p);
+  at::parallel_for(0, N, 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const uint64_t* row = packed.data() + i * words;
+      area[i] = static_cast<G>(popcount_and(row, row, words));
+    }
+  });
+  std::vector<int64_t> by_label(N);  // positions grouped by label, ascending within a group
+  std::iota(by_label.begin(), by_label.end(), 0);
+  std::stable_sort(by_label.begin(), by_label.end(),
+                   [&](int64_t a, int64_t b) { return label[a] < label[b]; });
+  std::vector<int64_t> group_end(N);  // for by_label[k]: the end of its group
+  for (int64_t k = N - 1; k >= 0; --k)
+    group_end[k] = k + 1 < N && label[by_label[k + 1]] == label[by_label[k]] ? group_end[k + 1]
+                                                                               : k + 1;
+  at::parallel_for(0, N, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t i = by_label[k];
+      const uint64_t* a = packed.data() + i * words;
+      for (int64_t l = k + 1; l < group_end[k]; ++l) {
+        const int64_t j = by_label[l];  // j > i: a later mask of the same label
+        iou[i * N + j] = mask_iou(
+            static_cast<G>(popcount_and(a, packed.data() + j * words, words)), area[i], area[j]);
+      }
     }
   });
   for (int64_t j = 0; j < N; ++j)
