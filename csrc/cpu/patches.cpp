@@ -155,8 +155,8 @@ std::tuple<at::Tensor, at::Tensor> crop_patches_cpu(const at::Tensor& images,
                      &check_index_range);
   const int64_t P = boxes.size(0), B = images.size(0), C = images.size(1), H = images.size(2),
                 W = images.size(3);
-  at::Tensor img = at::zeros({P, C, out_h, out_w}, images.options());
-  at::Tensor msk = at::zeros({P, out_h, out_w}, masks.options());
+  at::Tensor img = empty_output({P, C, out_h, out_w}, images.options());  // fully written
+  at::Tensor msk = empty_output({P, out_h, out_w}, masks.options()).zero_();
   if (P == 0 || out_h == 0 || out_w == 0) return {img, msk};
   const at::Tensor x = images.contiguous(), m = masks.contiguous(), b = boxes.contiguous();
   const at::Tensor ii = instance_index.contiguous(), bi = batch_index.contiguous();
@@ -171,18 +171,26 @@ std::tuple<at::Tensor, at::Tensor> crop_patches_cpu(const at::Tensor& images,
     bool* mdst = msk.mutable_data_ptr<bool>();
     const bool* msrc = m.const_data_ptr<bool>();
     at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
+      std::vector<Interp1D<G>> yi(out_h), xi(out_w);
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t* bb = box + 4 * p;
         const int64_t i = inst[p];
         const G roi[5] = {static_cast<G>(batch[i]), static_cast<G>(bb[0]), static_cast<G>(bb[1]),
                           static_cast<G>(bb[2]), static_cast<G>(bb[3])};
         const auto g = roi_align_geometry<G>(roi, G(1), out_h, out_w, 1, true, B, H, W);
+        // One sample per bin (sample s of an axis is bin s): its interpolations, once per
+        // patch. An empty geometry has no samples and never reads them.
+        for (int64_t s = 0; s < out_h && !g.empty; ++s) yi[s] = g.y.interp(g.y.pos(s));
+        for (int64_t s = 0; s < out_w && !g.empty; ++s) xi[s] = g.x.interp(g.x.pos(s));
+        const auto y_at = [&](int64_t s) { return yi[s]; };
+        const auto x_at = [&](int64_t s) { return xi[s]; };
         for (int64_t c = 0; c < C; ++c) {
           const T* plane = g.empty ? src : src + (g.batch * C + c) * H * W;
           T* o = dst + (p * C + c) * out_h * out_w;
           for (int64_t ph = 0; ph < out_h; ++ph)
             for (int64_t pw = 0; pw < out_w; ++pw)
-              o[ph * out_w + pw] = static_cast<T>(roi_align_bin<T, G>(plane, g, ph, pw));
+              o[ph * out_w + pw] =
+                  static_cast<T>(roi_align_bin<T, G, acc_t<T>>(plane, g, ph, pw, y_at, x_at));
         }
         const int64_t bw = bb[2] - bb[0], bh = bb[3] - bb[1];
         if (bw <= 0 || bh <= 0) continue;  // an empty box: an all-False mask patch
