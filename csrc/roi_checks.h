@@ -2,6 +2,7 @@
 #pragma once
 
 #include "checks.h"
+#include "common/roi_levels.h"
 
 namespace segops {
 
@@ -60,5 +61,27 @@ void check_batch_indices(const at::Tensor& rois, int64_t batch_size, const char*
 // The dtype box geometry is computed in: the input's for float32/float64, float32 for
 // half types (SPEC §1). Returns rois converted to it, contiguous.
 at::Tensor rois_for_geometry(const at::Tensor& rois, at::ScalarType input_type);
+
+// multilevel_roi_align: features [L][N, C, H_l, W_l] sharing N, C, dtype and device, one
+// spatial scale per level, and (assign mode) L - 1 ascending level areas, empty with
+// all_levels. Returns the kernels' plan; batch indices are checked separately.
+MultiLevelRoIAlign check_multilevel_forward(const char* op, at::TensorList features,
+                                            const at::Tensor& rois,
+                                            at::ArrayRef<double> spatial_scales,
+                                            int64_t pooled_h, int64_t pooled_w,
+                                            int64_t sampling_ratio, bool aligned,
+                                            at::ArrayRef<double> level_areas, bool all_levels);
+
+// Its backward: grad [K, C, ph, pw] (assign) or [L, K, C, ph, pw] (all levels) for
+// features of [batch_size, channels, heights[l], widths[l]].
+MultiLevelRoIAlign check_multilevel_backward(const char* op, const at::Tensor& grad,
+                                             const at::Tensor& rois,
+                                             at::ArrayRef<double> spatial_scales,
+                                             int64_t pooled_h, int64_t pooled_w,
+                                             int64_t batch_size, int64_t channels,
+                                             at::IntArrayRef heights, at::IntArrayRef widths,
+                                             int64_t sampling_ratio, bool aligned,
+                                             at::ArrayRef<double> level_areas,
+                                             bool all_levels);
 
 }  // namespace segops

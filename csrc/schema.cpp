@@ -19,6 +19,18 @@ TORCH_LIBRARY(segops, m) {
       "_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, "
       "SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, "
       "SymInt height, SymInt width) -> Tensor");
+  // One launch over all FPN levels. level_areas: the L - 1 ascending areas at which levels
+  // 1..L-1 start (assign mode, see csrc/common/roi_levels.h); empty with all_levels, where
+  // the output is [L, K, C, h, w]. The backward returns one gradient per level.
+  m.def(
+      "multilevel_roi_align(Tensor[] features, Tensor rois, float[] spatial_scales, "
+      "SymInt pooled_height, SymInt pooled_width, int sampling_ratio, bool aligned, "
+      "float[] level_areas, bool all_levels) -> Tensor");
+  m.def(
+      "_multilevel_roi_align_backward(Tensor grad, Tensor rois, float[] spatial_scales, "
+      "SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, "
+      "SymInt[] heights, SymInt[] widths, int sampling_ratio, bool aligned, "
+      "float[] level_areas, bool all_levels) -> Tensor[]");
 
   // ---- nms: suppression (SPEC §2). Outputs are padded to a capacity (max_out = -1: N)
   // with a count, so that CUDA needs no host synchronisation; segops.nms slices them.

@@ -11,7 +11,7 @@ from .ops.cluster import cluster_seeds
 from .ops.masks import assemble_masks, paste_masks
 from .ops.patches import boundary_patches, crop_patches, reassemble_patches
 from .ops.nms import batched_nms, fast_nms, matrix_nms, nms
-from .ops.roi import RoIAlign, RoIPool, roi_align, roi_pool
+from .ops.roi import RoIAlign, RoIPool, multilevel_roi_align, roi_align, roi_pool
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "crop_patches",
     "fast_nms",
     "matrix_nms",
+    "multilevel_roi_align",
     "nms",
     "paste_masks",
     "reassemble_patches",

@@ -24,9 +24,11 @@ def main() -> None:
         print("segops CUDA: no (CPU-only build)")
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible"
     print(f"GPU: {gpu}")
-    print(f"{'op':<24} CPU  CUDA")
-    for name, cpu, cuda in op_table():
-        print(f"{name:<24} {'yes' if cpu else 'no ':<4} {'yes' if cuda else 'no'}")
+    table = op_table()
+    width = max([24] + [len(name) for name, _, _ in table])
+    print(f"{'op':<{width}} CPU  CUDA")
+    for name, cpu, cuda in table:
+        print(f"{name:<{width}} {'yes' if cpu else 'no ':<4} {'yes' if cuda else 'no'}")
 
 
 if __name__ == "__main__":

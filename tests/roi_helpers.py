@@ -254,3 +254,172 @@ def _x(*shape, dtype=torch.float32):
 
 
 _ROIS = torch.tensor([[0, 1.0, 1.0, 4.0, 4.0]])
+
+
+# ======================================================================================
+# multilevel_roi_align problems
+# ======================================================================================
+
+
+@dataclass
+class MLProblem:
+    """A pyramid of levels [N, C, H_l, W_l] at scales 2**-(k_min + l) of an image, boxes in
+    image coordinates, and the op's arguments."""
+
+    dtype: torch.dtype
+    box_dtype: torch.dtype
+    batch: int  # N
+    channels: int  # C
+    sizes: List[Tuple[int, int]]  # (H_l, W_l)
+    scales: List[float]
+    output_size: object
+    sampling_ratio: int
+    aligned: bool
+    canonical_scale: float
+    canonical_level: int
+    mode: str
+    boxes: List[Tuple[float, float, float, float]]
+    batch_index: List[int]
+    fmt: str
+    seed: int
+
+    @property
+    def pooled(self) -> Tuple[int, int]:
+        o = self.output_size
+        return (o, o) if isinstance(o, int) else tuple(o)
+
+    @property
+    def levels(self) -> int:
+        return len(self.sizes)
+
+    def features(self, device="cpu", dtype: Optional[torch.dtype] = None) -> List[torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed)
+        out = []
+        for h, w in self.sizes:
+            f = torch.randn(self.batch, self.channels, h, w, generator=g, dtype=torch.float64)
+            out.append(f.to(self.dtype).to(dtype or self.dtype).to(device))
+        return out
+
+    def boxes_arg(self, device="cpu", dtype: Optional[torch.dtype] = None):
+        t = torch.tensor(self.boxes, dtype=torch.float64).reshape(-1, 4).to(self.box_dtype)
+        t = t.to(dtype or self.box_dtype).to(device)
+        if self.fmt == "list":
+            b = torch.tensor(self.batch_index, dtype=torch.int64)
+            return [t[(b == i).nonzero().flatten().to(device)] for i in range(self.batch)]
+        idx = torch.tensor(self.batch_index, dtype=t.dtype, device=device)[:, None]
+        return torch.cat([idx, t], 1)
+
+    def rois(self, device="cpu", dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        return ref.convert_boxes_to_rois(self.boxes_arg(device, dtype), dtype or self.box_dtype,
+                                         torch.device(device))
+
+    def kwargs(self, mode: Optional[str] = None) -> dict:
+        return dict(output_size=self.output_size, spatial_scales=self.scales,
+                    sampling_ratio=self.sampling_ratio, aligned=self.aligned,
+                    canonical_scale=self.canonical_scale,
+                    canonical_level=self.canonical_level, mode=mode or self.mode)
+
+    def geometry_rois(self) -> torch.Tensor:
+        """The rois in the dtype the box geometry (and the level decision) uses."""
+        return self.rois(dtype=ref_dtype(self.dtype))
+
+
+@st.composite
+def ml_problems(draw, dtypes=ALL_DTYPES, modes=("assign", "all"), max_levels=5, max_boxes=6,
+                kinds=BOX_KINDS + ("boundary",)):
+    """Random pyramids of 1..max_levels levels with scales in 1/4 .. 1/64, boxes of every
+    kind plus squares exactly at level boundaries."""
+    dtype = draw(st.sampled_from(dtypes))
+    box_dtype = draw(st.sampled_from([torch.float32, dtype])) if dtype in HALF_DTYPES else dtype
+    L = draw(st.integers(1, max_levels))
+    k_min = draw(st.integers(2, 7 - L))
+    scales = [2.0 ** -(k_min + l) for l in range(L)]
+    ih, iw = draw(st.integers(8, 96)), draw(st.integers(8, 96))
+    sizes = [(max(1, math.ceil(ih * s)), max(1, math.ceil(iw * s))) for s in scales]
+    oh, ow = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    output_size = oh if oh == ow and draw(st.booleans()) else (oh, ow)
+    sr = draw(st.sampled_from([-1, 0, 1, 2]))
+    # Canonical scales that spread image-sized boxes over the levels (224 would put them all
+    # on the lowest), and torchvision's own.
+    cs = draw(st.sampled_from([224.0, 32.0, 16.0, 11.3, 8.0, 4.0]))
+    cl = draw(st.sampled_from([4, k_min, k_min + 1]))
+    kinds = [k for k in kinds if k != "large" or sr > 0]
+    box_kinds = ["inside"] + draw(st.lists(st.sampled_from(kinds), max_size=max_boxes - 1))
+    box_kinds = draw(st.permutations(box_kinds))
+    H0, W0 = sizes[0]
+    boxes = []
+    for k in box_kinds:
+        if k == "boundary":  # a square whose area is exactly a level's threshold
+            side = cs * 2.0 ** draw(st.integers(-3, 2))
+            x1, y1 = draw(_coord(0, iw / 2)), draw(_coord(0, ih / 2))
+            boxes.append((x1, y1, x1 + side, y1 + side))
+        else:
+            boxes.append(draw(box_strategy(H0, W0, scales[0], k)))
+    N, C = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    batch_index = draw(st.lists(st.integers(0, N - 1), min_size=len(boxes), max_size=len(boxes)))
+    p = MLProblem(
+        dtype=dtype, box_dtype=box_dtype, batch=N, channels=C, sizes=sizes, scales=scales,
+        output_size=output_size, sampling_ratio=sr, aligned=draw(st.booleans()),
+        canonical_scale=cs, canonical_level=cl, mode=draw(st.sampled_from(modes)),
+        boxes=boxes, batch_index=batch_index, fmt=draw(st.sampled_from(["tensor", "list"])),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+    note(repr(p))
+    return p
+
+
+def op_levels(p: MLProblem) -> torch.Tensor:
+    """The levels the op documents (csrc/common/roi_levels.h): how many of the precomputed
+    level areas the RoI's area (in the geometry dtype, compared in float64) reaches."""
+    from segops.ops.roi import _level_areas
+
+    r = p.geometry_rois()
+    area = ((r[:, 3] - r[:, 1]) * (r[:, 4] - r[:, 2])).double()
+    t = torch.tensor(_level_areas(p.scales, p.canonical_scale, p.canonical_level),
+                     dtype=torch.float64)
+    return (area[:, None] >= t[None, :]).sum(1)
+
+
+KNIFE_EDGE = 1e-5
+
+
+def reference_level_candidates(p: MLProblem) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(reference levels, alternative levels) per RoI: the alternative differs only on a
+    knife edge, where the reference's level value lies within 1e-5 of an integer and the op
+    may take the adjacent level."""
+    r = p.geometry_rois()
+    levels = ref.map_levels(r, p.scales, p.canonical_scale, p.canonical_level)
+    v = ref.level_values(r, p.canonical_scale, p.canonical_level).double()
+    m = torch.round(v)
+    knife = (v - m).abs() < KNIFE_EDGE  # False for NaN and inf
+    k_min = round(-math.log2(p.scales[0]))
+    other = torch.where(torch.floor(v) == m, m - 1, m).clamp(k_min, k_min + p.levels - 1)
+    other = torch.where(knife, other.to(torch.int64) - k_min, levels)
+    return levels, other
+
+
+def reference_multilevel(p: MLProblem, mode: str, requires_grad=False):
+    """(reference output, its features) in the reference dtype."""
+    xs = [x.requires_grad_(requires_grad) for x in p.features(dtype=ref_dtype(p.dtype))]
+    out = ref.multilevel_roi_align(xs, p.boxes_arg(dtype=ref_dtype(p.box_dtype)),
+                                   **p.kwargs(mode))
+    return out, xs
+
+
+def chosen_levels(p: MLProblem, out: torch.Tensor, per_level: torch.Tensor) -> torch.Tensor:
+    """The level of each assign-mode row: the reference's, or on a knife edge the
+    alternative where the op's row matches the reference pooled there (and not at the
+    reference's level)."""
+    levels, other = reference_level_candidates(p)
+    k = torch.arange(levels.numel())
+    out = out.cpu().to(per_level.dtype)
+    tol = TOL[p.dtype]
+
+    def rows_close(a):
+        return torch.isclose(out, a, **tol).flatten(1).all(1)
+
+    use_other = (other != levels) & rows_close(per_level[other, k]) & ~rows_close(
+        per_level[levels, k])
+    note(f"knife-edge rows: {(other != levels).nonzero().flatten().tolist()}, "
+         f"taken at the adjacent level: {use_other.nonzero().flatten().tolist()}")
+    return torch.where(use_other, other, levels)

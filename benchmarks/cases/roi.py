@@ -1,7 +1,12 @@
-"""roi family: roi_align, roi_pool on Mask R-CNN's RoI heads.
+"""roi family: roi_align, roi_pool and multilevel_roi_align on Mask R-CNN's RoI heads.
 
-1000 RoIs on P2 (1/4) and P4 (1/16) of an 800x1216 image, 256 channels; with --quick 32
-RoIs on a quarter-size image, 16 channels. Implementations: segops, torchvision, reference.
+roi_align / roi_pool: 1000 RoIs on P2 (1/4) and P4 (1/16) of an 800x1216 image, 256
+channels. multilevel_roi_align: 1000 RoIs (sides log-uniform in 32..800 px: about 31/39/25/5%
+on P2..P5) over P2..P5 (200x304 .. 25x38), 256 channels, in mode assign (Mask R-CNN's box
+and mask heads) and, at output 7, mode all (PANet). With --quick: 32 RoIs on a quarter-size
+image, 16 channels (multilevel: canonical_scale 56 keeps the spread over the levels).
+Implementations: segops, torchvision (roi_align, roi_pool; ``MultiScaleRoIAlign`` for
+multilevel mode assign with aligned=False, the only form it has), reference.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 import functools
 import math
 from typing import Any, Callable, Dict
+
+import torch
 
 from .inputs import backward_only, random_boxes, random_features
 from .registry import Ctx, Fn, op_impls, register
@@ -89,3 +96,114 @@ def register_cases() -> None:
             _make_roi_setup("roi_pool", level, 7, {}, False),
             level=level, output_size=7,
         )
+    register_multilevel_cases()
+
+
+# --------------------------------------------------------------------------------------
+# multilevel_roi_align: P2..P5 of an 800x1216 image
+# --------------------------------------------------------------------------------------
+
+_ML_STRIDES = (4, 8, 16, 32)
+
+
+def _ml_sizes(ctx: Ctx) -> Dict[str, Any]:
+    if ctx.quick:  # a quarter-size image: canonical_scale / 4 keeps the level spread
+        image_hw, size_range, num_rois, channels = (200, 304), (8.0, 200.0), 32, 16
+    else:
+        image_hw, size_range, num_rois, channels = (800, 1216), (32.0, 800.0), 1000, 256
+    canonical = 224.0 * image_hw[0] / 800
+    shapes = [(1, channels, math.ceil(image_hw[0] / s), math.ceil(image_hw[1] / s))
+              for s in _ML_STRIDES]
+    return dict(shapes=shapes, image_hw=image_hw, size_range=size_range, num_rois=num_rois,
+                canonical_scale=canonical)
+
+
+def _ml_case_name(out: int, extra: str, pass_: str) -> Callable[[Ctx], str]:
+    def name(ctx: Ctx) -> str:
+        sz = _ml_sizes(ctx)
+        hw = ",".join(f"{h}x{w}" for _, _, h, w in sz["shapes"])
+        return f"P2-P5 {hw} C{sz['shapes'][0][1]} K{sz['num_rois']} out{out}{extra} {pass_}"
+
+    return name
+
+
+def _levels_backward_only(forward: Callable, xs, seed: int = 2):
+    """backward_only for a list of levels: times autograd.grad(out, xs, grad)."""
+    xs = [x.detach().requires_grad_(True) for x in xs]
+    out = forward(xs)
+    g = torch.Generator().manual_seed(seed)
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float32).to(out.device, out.dtype)
+
+    def call():
+        return torch.autograd.grad(out, xs, grad, retain_graph=True)
+
+    return call
+
+
+def _torchvision_multiscale(ctx: Ctx, out: int, sampling_ratio: int, canonical: float,
+                            image_hw) -> Any:
+    """A function of (features, boxes [K, 5]) running torchvision's MultiScaleRoIAlign, or
+    None when torchvision is not there."""
+    if ctx.torchvision is None or not ctx.wants("torchvision"):
+        return None
+    names = [f"p{i + 2}" for i in range(len(_ML_STRIDES))]
+    pooler = ctx.torchvision.ops.MultiScaleRoIAlign(names, out, sampling_ratio,
+                                                    canonical_scale=canonical)
+
+    def fn(xs, boxes):
+        return pooler(dict(zip(names, xs)), [boxes[:, 1:]], [image_hw])
+
+    return fn
+
+
+def _make_ml_setup(out: int, kwargs: Dict[str, Any], mode: str, backward: bool):
+    def setup(ctx: Ctx) -> Dict[str, Any]:
+        sz = _ml_sizes(ctx)
+        boxes = random_boxes(sz["num_rois"], sz["image_hw"], sz["size_range"])
+        boxes = boxes.to(ctx.device, ctx.dtype)
+        xs = [random_features(shape, ctx, seed=1 + i) for i, shape in enumerate(sz["shapes"])]
+        scales = [1.0 / s for s in _ML_STRIDES]
+        fns: Dict[str, Callable] = {}
+        for name, fn in op_impls(ctx, "multilevel_roi_align", torchvision=False).items():
+            fns[name] = functools.partial(fn, output_size=out, spatial_scales=scales,
+                                          canonical_scale=sz["canonical_scale"], mode=mode,
+                                          **kwargs)
+        if mode == "assign" and not kwargs["aligned"]:
+            tv = _torchvision_multiscale(ctx, out, kwargs["sampling_ratio"],
+                                         sz["canonical_scale"], sz["image_hw"])
+            if tv is not None:
+                fns["torchvision"] = tv
+        impls: Dict[str, Any] = {}
+        for name, fn in fns.items():
+
+            def fwd(inp, fn=fn):
+                return fn(inp, boxes)
+
+            if backward:
+                prep = functools.partial(_levels_backward_only, fwd, xs)
+                if name == "segops" and ctx.deterministic:
+                    impls["segops"] = Fn(prepare=prep, deterministic=False)
+                    impls["segops-deterministic"] = Fn(prepare=prep, deterministic=True)
+                else:
+                    impls[name] = Fn(prepare=prep)
+            else:
+                impls[name] = lambda fwd=fwd: fwd(xs)
+        return impls
+
+    return setup
+
+
+def register_multilevel_cases() -> None:
+    """Mask R-CNN's box head (7, sampling 2) and mask head (14, adaptive, aligned) over
+    P2..P5 in mode assign, forward and backward; PANet's mode all at 7."""
+    cases = [(7, 2, False, "assign"), (14, 0, True, "assign"), (7, 2, False, "all")]
+    for out, sr, aligned, mode in cases:
+        kwargs = dict(sampling_ratio=sr, aligned=aligned)
+        extra = f" sr{sr}" + (" aligned" if aligned else "") + f" {mode}"
+        for pass_ in ("fwd", "bwd-only"):
+            register(
+                "multilevel_roi_align",
+                _ml_case_name(out, extra, pass_),
+                _make_ml_setup(out, kwargs, mode, pass_ != "fwd"),
+                backward=pass_ != "fwd", output_size=out, mode=mode, **kwargs,
+            )

@@ -1,8 +1,9 @@
-// RoI family on the CPU: roi_align, roi_pool and their backward ops.
+// RoI family on the CPU: roi_align, roi_pool, multilevel_roi_align and their backward ops.
 //
-// Forward kernels parallelise over (RoI, channel) pairs. Backward kernels parallelise over
-// channels: planes of different channels never overlap, so each task scatters (or, in
-// deterministic mode, gathers) into its own planes with no atomics and in a fixed order.
+// Forward kernels parallelise over (RoI, channel) pairs (multilevel: (slot, channel), see
+// common/roi_levels.h). Backward kernels parallelise over channels: planes of different
+// channels never overlap, so each task scatters (or, in deterministic mode, gathers) into
+// its own planes (of every level) with no atomics and in a fixed order.
 // Deterministic mode takes the gather form the deterministic CUDA kernel takes, so the
 // two devices agree bit for bit there.
 #include <ATen/Context.h>
@@ -15,6 +16,7 @@
 
 #include "../roi_checks.h"
 #include "../common/roi_align.h"
+#include "../common/roi_levels.h"
 #include "../common/roi_pool.h"
 
 namespace segops {
@@ -174,6 +176,135 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
   return acc.to(grad.scalar_type());
 }
 
+at::Tensor multilevel_roi_align_forward_cpu(at::TensorList features, const at::Tensor& rois,
+                                            at::ArrayRef<double> spatial_scales,
+                                            int64_t pooled_h, int64_t pooled_w,
+                                            int64_t sampling_ratio, bool aligned,
+                                            at::ArrayRef<double> level_areas, bool all_levels) {
+  const char* op = "multilevel_roi_align";
+  const MultiLevelRoIAlign p =
+      check_multilevel_forward(op, features, rois, spatial_scales, pooled_h, pooled_w,
+                               sampling_ratio, aligned, level_areas, all_levels);
+  check_batch_indices(rois, p.batch, op);
+  std::vector<int64_t> shape = {p.rois, p.channels, pooled_h, pooled_w};
+  if (all_levels) shape.insert(shape.begin(), p.levels);
+  at::Tensor out = at::zeros(shape, features[0].options());
+  if (out.numel() == 0) return out;
+  std::vector<at::Tensor> xs;
+  for (const at::Tensor& f : features) xs.push_back(f.contiguous());
+  const at::ScalarType dtype = xs[0].scalar_type();
+  const at::Tensor r = rois_for_geometry(rois, dtype);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "multilevel_roi_align", [&] {
+    using G = acc_t<scalar_t>;
+    std::vector<const scalar_t*> in;
+    for (const at::Tensor& x : xs) in.push_back(x.const_data_ptr<scalar_t>());
+    const G* boxes = r.const_data_ptr<G>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    const int64_t C = p.channels, bins = pooled_h * pooled_w;
+    const int64_t grain = std::max<int64_t>(1, 4096 / bins);
+    at::parallel_for(0, p.slots() * C, grain, [&](int64_t b, int64_t e) {
+      int64_t s_geom = -1, level = 0;
+      RoIAlignSamples<G> rs;
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t s = i / C, c = i % C;
+        if (s != s_geom) {
+          rs.reset(p.geometry<G>(boxes, s, level));
+          s_geom = s;
+        }
+        if (rs.g.empty) continue;
+        const scalar_t* plane =
+            in[level] + (rs.g.batch * C + c) * p.height[level] * p.width[level];
+        for (int64_t ph = 0; ph < pooled_h; ++ph)
+          for (int64_t pw = 0; pw < pooled_w; ++pw)
+            o[i * bins + ph * pooled_w + pw] = static_cast<scalar_t>(
+                roi_align_bin<scalar_t, G, acc_t<scalar_t>>(plane, rs.g, ph, pw, rs.yi(), rs.xi()));
+      }
+    });
+  });
+  return out;
+}
+
+// One gradient per level. Deterministic mode gathers (each pixel sums its level's slots in
+// slot order, as the deterministic CUDA kernel); otherwise channel tasks scatter.
+std::vector<at::Tensor> multilevel_roi_align_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& rois, at::ArrayRef<double> spatial_scales,
+    int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
+    at::IntArrayRef heights, at::IntArrayRef widths, int64_t sampling_ratio, bool aligned,
+    at::ArrayRef<double> level_areas, bool all_levels) {
+  const char* op = "_multilevel_roi_align_backward";
+  const MultiLevelRoIAlign p = check_multilevel_backward(
+      op, grad, rois, spatial_scales, pooled_h, pooled_w, batch_size, channels, heights, widths,
+      sampling_ratio, aligned, level_areas, all_levels);
+  check_batch_indices(rois, batch_size, op);
+  const int64_t L = p.levels, C = channels, bins = pooled_h * pooled_w;
+  std::vector<at::Tensor> acc;
+  for (int64_t l = 0; l < L; ++l)
+    acc.push_back(grad_accumulator(grad, batch_size, C, p.height[l], p.width[l]));
+  auto result = [&] {
+    std::vector<at::Tensor> out;
+    for (const at::Tensor& a : acc) out.push_back(a.to(grad.scalar_type()));
+    return out;
+  };
+  if (p.slots() == 0 || batch_size * C == 0 || bins == 0) return result();
+  const at::Tensor gr = grad.contiguous();
+  const at::Tensor r = rois_for_geometry(rois, grad.scalar_type());
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  const at::ScalarType dtype = gr.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "multilevel_roi_align_bwd", [&] {
+    using G = acc_t<scalar_t>;
+    using A = acc_t<scalar_t>;
+    const scalar_t* go = gr.const_data_ptr<scalar_t>();
+    const G* boxes = r.const_data_ptr<G>();
+    std::vector<A*> out;
+    for (at::Tensor& a : acc) out.push_back(a.mutable_data_ptr<A>());
+    const int64_t S = p.slots();
+    // The plane of level `l`, image `n`, channel `c`.
+    auto plane = [&](int64_t l, int64_t n, int64_t c) {
+      return out[l] + (n * C + c) * p.height[l] * p.width[l];
+    };
+    if (deterministic) {
+      std::vector<RoIAlignGeometry<G>> geoms(S);
+      std::vector<int64_t> levels(S);
+      for (int64_t s = 0; s < S; ++s) geoms[s] = p.geometry<G>(boxes, s, levels[s]);
+      for_channels(C, S * 64, [&](int64_t c0, int64_t c1) {
+        for (int64_t s = 0; s < S; ++s) {
+          const RoIAlignGeometry<G>& g = geoms[s];
+          if (g.empty) continue;
+          int64_t y0, y1, x0, x1;
+          g.y.footprint(y0, y1);
+          g.x.footprint(x0, x1);
+          const int64_t W = p.width[levels[s]];
+          for (int64_t c = c0; c < c1; ++c) {
+            A* pl = plane(levels[s], g.batch, c);
+            const scalar_t* gs = go + (s * C + c) * bins;
+            for (int64_t y = y0; y < y1; ++y)
+              for (int64_t x = x0; x < x1; ++x)
+                pl[y * W + x] += roi_align_grad_at<scalar_t, G>(gs, g, y, x);
+          }
+        }
+      });
+      return;
+    }
+    for_channels(C, S * bins, [&](int64_t c0, int64_t c1) {
+      RoIAlignSamples<G> rs;
+      int64_t level = 0;
+      for (int64_t s = 0; s < S; ++s) {
+        rs.reset(p.geometry<G>(boxes, s, level));
+        if (rs.g.empty) continue;
+        for (int64_t c = c0; c < c1; ++c) {
+          A* pl = plane(level, rs.g.batch, c);
+          const scalar_t* gs = go + (s * C + c) * bins;
+          for (int64_t ph = 0; ph < pooled_h; ++ph)
+            for (int64_t pw = 0; pw < pooled_w; ++pw)
+              roi_align_bin_scatter(rs.g, ph, pw, static_cast<A>(gs[ph * pooled_w + pw]),
+                                    [&](int64_t i, A v) { pl[i] += v; }, rs.yi(), rs.xi());
+        }
+      }
+    });
+  });
+  return result();
+}
+
 std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
                                                         const at::Tensor& rois,
                                                         double spatial_scale, int64_t pooled_h,
@@ -273,6 +404,8 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
 TORCH_LIBRARY_IMPL(segops, CPU, m) {
   m.impl("roi_align", &roi_align_forward_cpu);
   m.impl("_roi_align_backward", &roi_align_backward_cpu);
+  m.impl("multilevel_roi_align", &multilevel_roi_align_forward_cpu);
+  m.impl("_multilevel_roi_align_backward", &multilevel_roi_align_backward_cpu);
   m.impl("roi_pool", &roi_pool_forward_cpu);
   m.impl("_roi_pool_backward", &roi_pool_backward_cpu);
 }

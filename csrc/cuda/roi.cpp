@@ -1,4 +1,5 @@
-// RoI family, CUDA glue: checks, allocation, stream, launch (kernels in roi_kernel.cu).
+// RoI family, CUDA glue: checks, allocation, stream, launch (kernels in roi_kernel.cu and
+// roi_multilevel_kernel.cu).
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -9,6 +10,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include <limits>
+#include <vector>
 
 #include "../roi_checks.h"
 #include "glue.h"
@@ -90,6 +94,84 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
   return acc.to(grad.scalar_type());
 }
 
+at::Tensor multilevel_roi_align_forward_cuda(at::TensorList features, const at::Tensor& rois,
+                                             at::ArrayRef<double> spatial_scales,
+                                             int64_t pooled_h, int64_t pooled_w,
+                                             int64_t sampling_ratio, bool aligned,
+                                             at::ArrayRef<double> level_areas, bool all_levels) {
+  const char* op = "multilevel_roi_align";
+  const MultiLevelRoIAlign p =
+      check_multilevel_forward(op, features, rois, spatial_scales, pooled_h, pooled_w,
+                               sampling_ratio, aligned, level_areas, all_levels);
+  const c10::cuda::CUDAGuard guard(features[0].device());
+  check_batch_indices_cuda(rois, p.batch, op);
+  std::vector<int64_t> shape = {p.rois, p.channels, pooled_h, pooled_w};
+  if (all_levels) shape.insert(shape.begin(), p.levels);
+  at::Tensor out = at::zeros(shape, features[0].options());
+  if (out.numel() == 0) return out;
+  std::vector<at::Tensor> xs;
+  cuda::RoILevelInputs in{};
+  for (int64_t l = 0; l < p.levels; ++l) {
+    xs.push_back(features[l].contiguous());
+    in.p[l] = xs.back().const_data_ptr();
+  }
+  const at::Tensor r = rois_for_geometry(rois, xs[0].scalar_type());
+  const cuda::Dtype dt = cuda_dtype(xs[0]);
+  at::Tensor s = scratch(xs[0], cuda::multilevel_roi_align_scratch_bytes(dt, p.slots()));
+  C10_CUDA_CHECK(cuda::multilevel_roi_align_forward(dt, p, in, r.const_data_ptr(),
+                                                    s.mutable_data_ptr(), out.mutable_data_ptr(),
+                                                    c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
+std::vector<at::Tensor> multilevel_roi_align_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& rois, at::ArrayRef<double> spatial_scales,
+    int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
+    at::IntArrayRef heights, at::IntArrayRef widths, int64_t sampling_ratio, bool aligned,
+    at::ArrayRef<double> level_areas, bool all_levels) {
+  const char* op = "_multilevel_roi_align_backward";
+  const MultiLevelRoIAlign p = check_multilevel_backward(
+      op, grad, rois, spatial_scales, pooled_h, pooled_w, batch_size, channels, heights, widths,
+      sampling_ratio, aligned, level_areas, all_levels);
+  const c10::cuda::CUDAGuard guard(grad.device());
+  check_batch_indices_cuda(rois, batch_size, op);
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  std::vector<at::Tensor> out;
+  if (p.slots() == 0 || batch_size * channels == 0 || pooled_h * pooled_w == 0) {
+    for (int64_t l = 0; l < p.levels; ++l)
+      out.push_back(at::zeros({batch_size, channels, p.height[l], p.width[l]}, grad.options()));
+    return out;
+  }
+  const at::Tensor g = grad.contiguous();
+  const at::Tensor r = rois_for_geometry(rois, grad.scalar_type());
+  const cuda::Dtype dt = cuda_dtype(g);
+  at::Tensor s = scratch(g, cuda::multilevel_roi_align_scratch_bytes(dt, p.slots()));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  cuda::RoILevelOutputs o{};
+  if (deterministic) {
+    TORCH_CHECK_VALUE(p.slots() <= std::numeric_limits<int>::max(), op,
+                      ": the deterministic backward takes at most 2**31 - 1 RoI-level pairs, "
+                      "got ", p.slots());
+    for (int64_t l = 0; l < p.levels; ++l) {
+      out.push_back(at::empty({batch_size, channels, p.height[l], p.width[l]}, grad.options()));
+      o.p[l] = out.back().mutable_data_ptr();
+    }
+    C10_CUDA_CHECK(cuda::multilevel_roi_align_backward_gather(
+        dt, p, g.const_data_ptr(), r.const_data_ptr(), s.mutable_data_ptr(), o, stream));
+    return out;
+  }
+  std::vector<at::Tensor> acc;
+  for (int64_t l = 0; l < p.levels; ++l) {
+    acc.push_back(at::zeros({batch_size, channels, p.height[l], p.width[l]},
+                            grad.options().dtype(compute_dtype(grad.scalar_type()))));
+    o.p[l] = acc.back().mutable_data_ptr();
+  }
+  C10_CUDA_CHECK(cuda::multilevel_roi_align_backward_atomic(
+      dt, p, g.const_data_ptr(), r.const_data_ptr(), s.mutable_data_ptr(), o, stream));
+  for (const at::Tensor& a : acc) out.push_back(a.to(grad.scalar_type()));
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input,
                                                          const at::Tensor& rois,
                                                          double spatial_scale, int64_t pooled_h,
@@ -154,6 +236,8 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois
 TORCH_LIBRARY_IMPL(segops, CUDA, m) {
   m.impl("roi_align", &roi_align_forward_cuda);
   m.impl("_roi_align_backward", &roi_align_backward_cuda);
+  m.impl("multilevel_roi_align", &multilevel_roi_align_forward_cuda);
+  m.impl("_multilevel_roi_align_backward", &multilevel_roi_align_backward_cuda);
   m.impl("roi_pool", &roi_pool_forward_cuda);
   m.impl("_roi_pool_backward", &roi_pool_backward_cuda);
 }

@@ -5,6 +5,7 @@
 // `scratch` holds per-RoI geometry: at least roi_*_scratch_bytes(dtype, K) bytes.
 #pragma once
 
+#include "../common/roi_levels.h"
 #include "launch.h"
 
 namespace segops {
@@ -38,6 +39,32 @@ cudaError_t roi_pool_backward_atomic(Dtype dtype, const RoIArgs& a, const void* 
 cudaError_t roi_pool_backward_gather(Dtype dtype, const RoIArgs& a, const void* grad,
                                      const int64_t* argmax, const void* rois, void* scratch,
                                      void* grad_input, cudaStream_t stream);
+
+// multilevel_roi_align (roi_multilevel_kernel.cu): one pointer per level, to the features
+// or to the per-level gradients (backward "acc": accumulation dtype, zeroed by the caller;
+// gather: the input dtype). Output and grad are [p.slots(), C, pooled_h, pooled_w].
+struct RoILevelInputs {
+  const void* p[kMaxRoILevels];
+};
+struct RoILevelOutputs {
+  void* p[kMaxRoILevels];
+};
+
+int64_t multilevel_roi_align_scratch_bytes(Dtype dtype, int64_t slots);
+
+cudaError_t multilevel_roi_align_forward(Dtype dtype, const MultiLevelRoIAlign& p,
+                                         const RoILevelInputs& input, const void* rois,
+                                         void* scratch, void* output, cudaStream_t stream);
+cudaError_t multilevel_roi_align_backward_atomic(Dtype dtype, const MultiLevelRoIAlign& p,
+                                                 const void* grad, const void* rois,
+                                                 void* scratch,
+                                                 const RoILevelOutputs& grad_input_acc,
+                                                 cudaStream_t stream);
+cudaError_t multilevel_roi_align_backward_gather(Dtype dtype, const MultiLevelRoIAlign& p,
+                                                 const void* grad, const void* rois,
+                                                 void* scratch,
+                                                 const RoILevelOutputs& grad_input,
+                                                 cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace segops

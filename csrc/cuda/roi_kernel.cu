@@ -1,4 +1,5 @@
-// RoI family CUDA kernels (torch-free): roi_align and roi_pool, forward and backward.
+// RoI family CUDA kernels (torch-free): roi_align and roi_pool, forward and backward
+// (multilevel_roi_align: roi_multilevel_kernel.cu; shared pieces: roi_gather.cuh).
 //
 // Per-element math comes from csrc/common, the same functions the CPU kernels call.
 // Backward has two forms:
@@ -12,29 +13,11 @@
 #include "../common/roi_pool.h"
 #include "half.cuh"
 #include "roi.h"
+#include "roi_gather.cuh"
 
 namespace segops {
 namespace cuda {
 namespace {
-
-constexpr int kThreads = 256;
-constexpr int kTileW = 32, kTileH = 8;  // gather tile: kTileW * kTileH == kThreads
-constexpr int kWarps = kThreads / 32;
-constexpr int kChannelGroup = 8;         // channels per gather thread
-
-// Which pixels an RoI can touch, in which image (batch < 0: none).
-struct Footprint {
-  int64_t batch, y0, y1, x0, x1;
-};
-
-template <typename Geom>
-Geom* geometry_of(void* scratch) {
-  return static_cast<Geom*>(scratch);
-}
-template <typename Geom>
-Footprint* footprints_of(void* scratch, int64_t K) {
-  return reinterpret_cast<Footprint*>(static_cast<Geom*>(scratch) + K);
-}
 
 // ---------------------------------------------------------------- roi_align
 
@@ -89,29 +72,6 @@ __global__ void roi_align_backward_atomic_kernel(const T* grad, const RoIAlignGe
                           [&](int64_t off, A v) { atomicAdd(plane + off, v); });
   }
 }
-
-// Adds to acc[0..nc) what RoI r sends pixel (py, px) of channels c0..c0+nc.
-template <typename T, typename G>
-struct RoIAlignGather {
-  const T* grad;
-  int64_t channels, bins;
-  __device__ void operator()(const RoIAlignGeometry<G>& g, int64_t r, int64_t c0, int nc,
-                             int64_t py, int64_t px, acc_t<T>* acc) const {
-    using A = acc_t<T>;
-    A local[kChannelGroup];
-#pragma unroll
-    for (int cc = 0; cc < kChannelGroup; ++cc) local[cc] = A(0);
-    const T* gb = grad + (r * channels + c0) * bins;
-    roi_align_pixel_weights(g, py, px, [&](int64_t bin, G w) {
-#pragma unroll
-      for (int cc = 0; cc < kChannelGroup; ++cc)
-        if (cc < nc)
-          local[cc] += roi_align_grad_term(static_cast<A>(gb[cc * bins + bin]), w, g.count);
-    });
-#pragma unroll
-    for (int cc = 0; cc < kChannelGroup; ++cc) acc[cc] += local[cc];
-  }
-};
 
 // ---------------------------------------------------------------- roi_pool
 
@@ -191,31 +151,6 @@ struct RoIPoolGather {
 
 // ---------------------------------------------------------------- deterministic gather
 
-// Order-preserving compaction of RoIs [base, base + kThreads) of image n whose footprint
-// meets the tile: their indices land in list[0, count) in increasing order.
-__device__ int compact_rois(const Footprint* fps, int64_t K, int64_t base, int64_t n,
-                            int64_t ty0, int64_t tx0, int* list, int* warp_counts) {
-  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
-  const int lane = tid & 31, warp = tid >> 5;
-  const int64_t r = base + tid;
-  bool hit = false;
-  if (r < K) {
-    const Footprint f = fps[r];
-    hit = f.batch == n && f.y0 < ty0 + kTileH && f.y1 > ty0 && f.x0 < tx0 + kTileW && f.x1 > tx0;
-  }
-  const unsigned mask = __ballot_sync(0xffffffffu, hit);
-  if (lane == 0) warp_counts[warp] = __popc(mask);
-  __syncthreads();
-  int offset = 0, count = 0;
-  for (int w = 0; w < kWarps; ++w) {
-    if (w < warp) offset += warp_counts[w];
-    count += warp_counts[w];
-  }
-  if (hit) list[offset + __popc(mask & ((1u << lane) - 1u))] = static_cast<int>(r);
-  __syncthreads();
-  return count;
-}
-
 // One block per (tile, image, channel group); each thread owns one pixel of the tile and
 // kChannelGroup channels, and adds the RoIs' contributions in RoI index order.
 template <typename T, typename Geom, typename Op>
@@ -261,9 +196,6 @@ unsigned int gather_blocks(const RoIArgs& a) {
   const int64_t jobs = tiles * a.batch * groups;
   return static_cast<unsigned int>(jobs < 1 ? 1 : (jobs > (1 << 20) ? (1 << 20) : jobs));
 }
-
-template <typename T>
-using geom_t = acc_t<T>;  // box geometry dtype: double for double, float otherwise
 
 }  // namespace
 

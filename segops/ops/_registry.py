@@ -65,24 +65,33 @@ def pair(value: int | Sequence[int], op: str, name: str) -> tuple[int, int]:
 def register_autocast(name: str, *, float_args: Sequence[int]) -> None:
     """Autocast as torchvision does it: run in float32, return the input's dtype.
 
-    Half-precision tensors among the positional arguments `float_args` are cast to
-    float32; floating outputs are cast back to the dtype of the first argument (other
-    outputs, e.g. bool masks, are returned as they are).
+    Half-precision tensors among the positional arguments `float_args` (a tensor, or a
+    list of tensors) are cast to float32; floating outputs are cast back to the dtype of
+    the first argument (of its first tensor, for a list; other outputs, e.g. bool masks,
+    are returned as they are).
     (`torch.library.register_autocast` would leave the outputs in float32.)
     """
     op = getattr(torch.ops.segops, name).default
+
+    def upcast(t):
+        return t.float() if isinstance(t, Tensor) and t.dtype in _HALF else t
+
     for device, key in (("cpu", "AutocastCPU"), ("cuda", "AutocastCUDA")):
 
         def impl(*args, _key=key):
-            out_dtype = args[0].dtype
+            first = args[0][0] if isinstance(args[0], (list, tuple)) and args[0] else args[0]
+            out_dtype = first.dtype if isinstance(first, Tensor) else None
             args = list(args)
             for i in float_args:
-                if args[i].dtype in _HALF:
-                    args[i] = args[i].float()
+                if isinstance(args[i], (list, tuple)):
+                    args[i] = [upcast(t) for t in args[i]]
+                else:
+                    args[i] = upcast(args[i])
             with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_key)):
                 out = op(*args)
+
             def back(o):
-                return o.to(out_dtype) if o.is_floating_point() else o
+                return o.to(out_dtype) if o.is_floating_point() and out_dtype is not None else o
 
             return tuple(back(o) for o in out) if isinstance(out, tuple) else back(out)
 

@@ -1,7 +1,9 @@
-"""RoI pooling: `roi_align` and `roi_pool` (SPEC §1), drop-in for torchvision's."""
+"""RoI pooling: `roi_align`, `roi_pool` and `multilevel_roi_align` (SPEC §1), drop-in for
+torchvision's `roi_align`, `roi_pool` and `MultiScaleRoIAlign`."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -44,16 +46,17 @@ def convert_boxes_to_roi_format(boxes: BoxesType, op: str = "roi_align") -> Tens
     return torch.cat(rows, dim=0)
 
 
-def _prepare(op: str, input: Tensor, boxes: BoxesType, output_size) -> tuple[Tensor, int, int]:
-    check_tensor(input, op, "input")
-    check_float(input, op, "input")
+def _prepare(op: str, input: Tensor, boxes: BoxesType, output_size,
+             name: str = "input") -> tuple[Tensor, int, int]:
+    check_tensor(input, op, name)
+    check_float(input, op, name)
     if input.dim() != 4:
-        raise ValueError(f"{op}: `input` must be [N, C, H, W], got shape {tuple(input.shape)}")
+        raise ValueError(f"{op}: `{name}` must be [N, C, H, W], got shape {tuple(input.shape)}")
     rois = convert_boxes_to_roi_format(boxes, op)
     if isinstance(boxes, (list, tuple)) and len(boxes) == 0:
         rois = rois.to(device=input.device, dtype=input.dtype)
     check_float(rois, op, "boxes")
-    check_same_device(op, "input", {"input": input, "boxes": rois})
+    check_same_device(op, name, {name: input, "boxes": rois})
     h, w = pair(output_size, op, "output_size")
     return rois, h, w
 
@@ -106,6 +109,160 @@ def roi_pool(
     rois, h, w = _prepare("roi_pool", input, boxes, output_size)
     out, _ = torch.ops.segops.roi_pool(input, rois, float(spatial_scale), h, w)
     return out
+
+
+_MULTILEVEL = "multilevel_roi_align"
+
+
+def _check_features(features: object) -> list[Tensor]:
+    """A non-empty list/tuple of [N, C, H_l, W_l] float tensors sharing N, C, dtype, device."""
+    op = _MULTILEVEL
+    if not isinstance(features, (list, tuple)):
+        raise TypeError(
+            f"{op}: `features` must be a list of Tensor[N, C, H_l, W_l] (one per level), "
+            f"got {type(features).__name__}"
+        )
+    if len(features) == 0:
+        raise ValueError(f"{op}: `features` must hold at least one level, got none")
+    first = check_tensor(features[0], op, "features[0]")
+    for i, f in enumerate(features):
+        name = f"features[{i}]"
+        check_tensor(f, op, name)
+        check_float(f, op, name)
+        if f.dim() != 4:
+            raise ValueError(f"{op}: `{name}` must be [N, C, H, W], got shape {tuple(f.shape)}")
+        if f.dtype != first.dtype:
+            raise TypeError(
+                f"{op}: every level of `features` must have the dtype of features[0] "
+                f"({first.dtype}), `{name}` is {f.dtype}"
+            )
+        if f.device != first.device:
+            raise ValueError(
+                f"{op}: every level of `features` must be on the device of features[0] "
+                f"({first.device}), `{name}` is on {f.device}"
+            )
+        if f.shape[:2] != first.shape[:2]:
+            raise ValueError(
+                f"{op}: every level of `features` must have the batch size and channels of "
+                f"features[0] ({tuple(first.shape[:2])}), `{name}` has shape {tuple(f.shape)}"
+            )
+    return list(features)
+
+
+def _check_scales(scales: object, levels: int) -> list[float]:
+    op = _MULTILEVEL
+    if not isinstance(scales, (list, tuple)) or not all(
+        isinstance(s, (int, float)) and not isinstance(s, bool) for s in scales
+    ):
+        raise TypeError(f"{op}: `spatial_scales` must be a list of floats, got {scales!r}")
+    if len(scales) != levels:
+        raise ValueError(
+            f"{op}: `spatial_scales` must have one entry per level of `features` ({levels}), "
+            f"got {len(scales)}"
+        )
+    if not all(math.isfinite(s) and s > 0 for s in scales):
+        raise ValueError(f"{op}: `spatial_scales` must be positive and finite, got {list(scales)}")
+    return [float(s) for s in scales]
+
+
+def _level_areas(scales: list[float], canonical_scale: float, canonical_level: int) -> list[float]:
+    """The areas at which levels 1..L-1 start (torchvision's LevelMapper, see
+    csrc/common/roi_levels.h): level index l is assigned where
+    ``floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6)``, clamped to
+    ``[k_min, k_min + L - 1]``, equals ``k_min + l``, i.e. where ``area`` reaches
+    ``(canonical_scale * 2**(k - canonical_level - 1e-6))**2`` for ``k = k_min + 1 .. k_min + l``.
+    Computed here, in double, once for both devices."""
+    op = _MULTILEVEL
+    k_min = round(-math.log2(scales[0]))
+    for i, s in enumerate(scales):
+        if not abs(s / 2.0 ** -(k_min + i) - 1) <= 1e-6:
+            raise ValueError(
+                f"{op}: with mode='assign', `spatial_scales` must be consecutive powers of two "
+                f"2**-k, 2**-(k+1), ... (as torchvision's MultiScaleRoIAlign infers them), "
+                f"got {scales}"
+            )
+    base = canonical_scale * 2.0 ** -1e-6
+    areas = []
+    for k in range(k_min + 1, k_min + len(scales)):
+        e = min(max(k - canonical_level, -4096), 4096)  # beyond, the result saturates anyway
+        try:
+            t = math.ldexp(base, e)  # exact scaling by 2**e
+        except OverflowError:
+            t = math.inf
+        areas.append(t * t)
+    return areas
+
+
+def multilevel_roi_align(
+    features: Sequence[Tensor],
+    boxes: BoxesType,
+    output_size: int | tuple[int, int],
+    spatial_scales: Sequence[float],
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    canonical_scale: float = 224,
+    canonical_level: int = 4,
+    mode: str = "assign",
+) -> Tensor:
+    """RoIAlign over an FPN in one launch: torchvision's ``MultiScaleRoIAlign`` (Mask R-CNN,
+    ``mode="assign"``) or every RoI from every level (PANet, ``mode="all"``).
+
+    Args:
+        features: the pyramid, ``L >= 1`` tensors ``[N, C, H_l, W_l]`` (finest first) with
+            the same N, C, dtype (float32/float64/float16/bfloat16) and device.
+        boxes: ``Tensor[K, 5]`` rows of (batch_index, x1, y1, x2, y2), or a list of
+            ``Tensor[L_i, 4]``, one per image, in input-image coordinates.
+        output_size: ``(h, w)`` or an int for a square output.
+        spatial_scales: one per level, e.g. ``[1/4, 1/8, 1/16, 1/32]`` for P2..P5. With
+            ``mode="assign"`` they must be consecutive powers of two (relative tolerance
+            1e-6); with ``mode="all"`` any positive finite scales.
+        sampling_ratio, aligned: as :func:`roi_align` (torchvision's ``MultiScaleRoIAlign``
+            uses ``aligned=False``).
+        canonical_scale, canonical_level: the LevelMapper's (224 and 4, torchvision's).
+        mode: ``"assign"`` or ``"all"``.
+
+    Returns:
+        ``mode="assign"``: ``Tensor[K, C, h, w]``, row k equal (bit for bit) to
+        ``roi_align(features[l], boxes, output_size, spatial_scales[l], sampling_ratio,
+        aligned)[k]`` for the level l of RoI k: the largest l with
+        ``floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6) >= k_min + l``
+        (clamped to the levels given), ``k_min = round(-log2(spatial_scales[0]))``,
+        ``area = (x2 - x1) * (y2 - y1)`` in input-image pixels. A zero-area (or negative, or
+        NaN) box goes to the lowest level.
+        ``mode="all"``: ``Tensor[L, K, C, h, w]``, ``[l]`` equal to roi_align on level l; the
+        levels are not fused (PANet fuses them after a per-level layer).
+
+    The level is decided without a logarithm, by comparing the area (computed in the
+    geometry dtype, float32 for float32/half inputs, float64 for float64) with the areas
+    ``(canonical_scale * 2**(k - canonical_level - 1e-6))**2`` at which levels start,
+    precomputed in double, so CPU and CUDA assign every RoI alike. This equals torchvision's
+    LevelMapper except on a knife edge: where torchvision's float32 ``log2`` rounds its level
+    value across an integer (an area within about 1e-6, relative, of a threshold), the two
+    may pick adjacent levels. Beyond torchvision: aligned and half types as
+    :func:`roi_align`; a batch index outside ``[0, N)`` raises; at most 16 levels.
+    """
+    op = _MULTILEVEL
+    if mode not in ("assign", "all"):
+        raise ValueError(f"{op}: `mode` must be 'assign' or 'all', got {mode!r}")
+    feats = _check_features(features)
+    scales = _check_scales(spatial_scales, len(feats))
+    if isinstance(canonical_scale, bool) or not isinstance(canonical_scale, (int, float)):
+        raise TypeError(
+            f"{op}: `canonical_scale` must be a float, got {type(canonical_scale).__name__}"
+        )
+    if not (math.isfinite(canonical_scale) and canonical_scale > 0):
+        raise ValueError(f"{op}: `canonical_scale` must be positive and finite, got "
+                         f"{canonical_scale}")
+    if isinstance(canonical_level, bool) or not isinstance(canonical_level, int):
+        raise TypeError(
+            f"{op}: `canonical_level` must be an int, got {type(canonical_level).__name__}"
+        )
+    rois, h, w = _prepare(op, feats[0], boxes, output_size, name="features[0]")
+    areas = [] if mode == "all" else _level_areas(scales, float(canonical_scale),
+                                                  canonical_level)
+    return torch.ops.segops.multilevel_roi_align(
+        feats, rois, scales, h, w, int(sampling_ratio), bool(aligned), areas, mode == "all"
+    )
 
 
 class RoIAlign(nn.Module):
@@ -165,6 +322,21 @@ def _(grad, rois, spatial_scale, ph, pw, batch_size, channels, height, width, sr
     return grad.new_empty((batch_size, channels, height, width))
 
 
+@fake("multilevel_roi_align")
+def _(features, rois, spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned,
+      level_areas, all_levels):
+    torch._check(len(features) >= 1, lambda: "multilevel_roi_align: `features` is empty")
+    torch._check(rois.shape[1] == 5, lambda: "multilevel_roi_align: `rois` must be [K, 5]")
+    shape = (rois.shape[0], features[0].shape[1], pooled_height, pooled_width)
+    return features[0].new_empty(((len(features),) if all_levels else ()) + shape)
+
+
+@fake("_multilevel_roi_align_backward")
+def _(grad, rois, spatial_scales, ph, pw, batch_size, channels, heights, widths, sr, aligned,
+      level_areas, all_levels):
+    return [grad.new_empty((batch_size, channels, h, w)) for h, w in zip(heights, widths)]
+
+
 @fake("roi_pool")
 def _(input, rois, spatial_scale, pooled_height, pooled_width):
     torch._check(rois.shape[1] == 5, lambda: "roi_pool: `rois` must be [K, 5]")
@@ -211,6 +383,51 @@ def _roi_align_double_backward(ctx, gg):
     return (grad_grad,) + (None,) * 10
 
 
+def _no_grads(args) -> tuple:
+    """None for each non-differentiable argument, but [] for an empty list: torch.library
+    takes an empty list for a Tensor[] and wants the backward to mirror it."""
+    return tuple([] if isinstance(a, (list, tuple)) and len(a) == 0 else None for a in args)
+
+
+def _multilevel_setup(ctx, inputs, output):
+    features, rois, scales, ph, pw, sampling_ratio, aligned, areas, all_levels = inputs
+    ctx.no_grads = _no_grads(inputs[1:])
+    ctx.save_for_backward(rois)
+    ctx.args = (scales, ph, pw, sampling_ratio, aligned, areas, all_levels)
+    ctx.shape = (features[0].shape[0], features[0].shape[1],
+                 [f.shape[2] for f in features], [f.shape[3] for f in features])
+
+
+def _multilevel_backward(ctx, grad):
+    (rois,) = ctx.saved_tensors
+    scales, ph, pw, sampling_ratio, aligned, areas, all_levels = ctx.args
+    n, c, heights, widths = ctx.shape
+    grads = torch.ops.segops._multilevel_roi_align_backward(
+        grad, rois, scales, ph, pw, n, c, heights, widths, sampling_ratio, aligned, areas,
+        all_levels,
+    )
+    return (list(grads),) + ctx.no_grads
+
+
+def _multilevel_backward_setup(ctx, inputs, output):
+    grad, rois, scales, ph, pw, _n, _c, _hs, _ws, sampling_ratio, aligned, areas, all_levels = (
+        inputs
+    )
+    ctx.no_grads = _no_grads(inputs[1:])
+    ctx.save_for_backward(rois)
+    ctx.args = (scales, ph, pw, sampling_ratio, aligned, areas, all_levels)
+    ctx.shapes = [o.shape for o in output]
+    ctx.dtype = grad.dtype
+
+
+def _multilevel_double_backward(ctx, gg):
+    (rois,) = ctx.saved_tensors
+    gg = [g if g is not None else rois.new_zeros(s, dtype=ctx.dtype)
+          for g, s in zip(gg, ctx.shapes)]
+    grad_grad = torch.ops.segops.multilevel_roi_align(gg, rois, *ctx.args)
+    return (grad_grad,) + ctx.no_grads
+
+
 def _roi_pool_setup(ctx, inputs, output):
     input, rois, spatial_scale, ph, pw = inputs
     _, argmax = output
@@ -253,6 +470,14 @@ torch.library.register_autograd(
     setup_context=_roi_align_backward_setup,
 )
 torch.library.register_autograd(
+    "segops::multilevel_roi_align", _multilevel_backward, setup_context=_multilevel_setup
+)
+torch.library.register_autograd(
+    "segops::_multilevel_roi_align_backward",
+    _multilevel_double_backward,
+    setup_context=_multilevel_backward_setup,
+)
+torch.library.register_autograd(
     "segops::roi_pool", _roi_pool_backward, setup_context=_roi_pool_setup
 )
 torch.library.register_autograd(
@@ -265,3 +490,4 @@ torch.library.register_autograd(
 
 register_autocast("roi_align", float_args=(0, 1))
 register_autocast("roi_pool", float_args=(0, 1))
+register_autocast("multilevel_roi_align", float_args=(0, 1))

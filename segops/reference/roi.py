@@ -19,12 +19,18 @@ one Python loop over the RoIs, with the work inside a RoI vectorised.
 maximum taken with a strict ``>`` starting from ``-FLT_MAX`` (so the first maximum in raster
 order wins), an empty bin giving 0 and argmax -1.
 
+``multilevel_roi_align`` is ``roi_align`` per level: in mode "assign" each RoI at the level
+torchvision's LevelMapper gives it (``floor`` of the float32 ``log2`` formula; the kernel
+decides by comparing areas instead, see ``segops.multilevel_roi_align``, and may differ on a
+knife edge), in mode "all" at every level.
+
 Differences from torchvision that are part of segops' spec, and so of these references:
 
 * a box with a NaN or infinite coordinate (after scaling) is empty: its output rows are 0
   and it sends no gradient;
 * a batch index outside ``[0, N)`` is an error (``ValueError``);
 * a zero-size feature map gives zeros;
+* multilevel: a zero, negative or NaN box area goes to the lowest level;
 * roi_pool: a rounded corner beyond ``2**30`` pixels (far outside any feature map) makes the
   RoI empty instead of overflowing an ``int``.
 
@@ -40,7 +46,8 @@ from typing import List, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["roi_align", "roi_pool", "roi_pool_with_argmax", "convert_boxes_to_rois"]
+__all__ = ["roi_align", "roi_pool", "roi_pool_with_argmax", "convert_boxes_to_rois",
+           "multilevel_roi_align", "level_values", "map_levels"]
 
 BoxesType = Union[Tensor, Sequence[Tensor]]
 
@@ -316,3 +323,76 @@ def roi_pool(input: Tensor, boxes: BoxesType, output_size: Union[int, Tuple[int,
         ``Tensor[K, C, output_h, output_w]`` of ``input.dtype``.
     """
     return roi_pool_with_argmax(input, boxes, output_size, spatial_scale)[0]
+
+
+# --------------------------------------------------------------------------------------
+# multilevel_roi_align
+# --------------------------------------------------------------------------------------
+
+
+def _k_min(spatial_scales: Sequence[float]) -> int:
+    """torchvision's ``k_min``: -log2 of the first scale, which with the others must be
+    consecutive powers of two (within 1e-6 relative, as torchvision infers them)."""
+    k_min = round(-math.log2(spatial_scales[0]))
+    for i, s in enumerate(spatial_scales):
+        if not abs(s / 2.0 ** -(k_min + i) - 1) <= 1e-6:
+            raise ValueError("spatial_scales must be consecutive powers of two with "
+                             f"mode='assign', got {list(spatial_scales)}")
+    return k_min
+
+
+def level_values(rois: Tensor, canonical_scale: float = 224,
+                 canonical_level: int = 4) -> Tensor:
+    """torchvision's LevelMapper before the floor, in the dtype of ``rois`` ([K, 5]):
+    ``canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6``, ``area = (x2 - x1) *
+    (y2 - y1)`` (no +1), evaluated as torchvision does (float32 ``log2`` for float32 boxes)."""
+    x1, y1, x2, y2 = rois[:, 1:].unbind(1)
+    s = torch.sqrt((x2 - x1) * (y2 - y1))
+    eps = torch.tensor(1e-6, dtype=s.dtype, device=s.device)
+    return canonical_level + torch.log2(s / canonical_scale) + eps
+
+
+def map_levels(rois: Tensor, spatial_scales: Sequence[float], canonical_scale: float = 224,
+               canonical_level: int = 4) -> Tensor:
+    """The level index (0 = ``spatial_scales[0]``) of each RoI, int64 [K]: torchvision's
+    LevelMapper, ``floor(level_values)`` clamped to ``[k_min, k_min + L - 1]``, minus
+    ``k_min``. A zero, negative or NaN area goes to the lowest level (torchvision: -inf is
+    clamped there; NaN would be undefined)."""
+    k_min = _k_min(spatial_scales)
+    k_max = k_min + len(spatial_scales) - 1
+    lvl = torch.floor(level_values(rois, canonical_scale, canonical_level))
+    lvl = torch.where(torch.isnan(lvl), torch.full_like(lvl, k_min), lvl.clamp(k_min, k_max))
+    return lvl.to(torch.int64) - k_min
+
+
+def multilevel_roi_align(features: Sequence[Tensor], boxes: BoxesType,
+                         output_size: Union[int, Tuple[int, int]],
+                         spatial_scales: Sequence[float], sampling_ratio: int = -1,
+                         aligned: bool = False, canonical_scale: float = 224,
+                         canonical_level: int = 4, mode: str = "assign") -> Tensor:
+    """Reference multilevel RoIAlign (SPEC §1): :func:`roi_align` per level.
+
+    ``mode="assign"`` (torchvision's ``MultiScaleRoIAlign``): RoI k is pooled from level
+    ``map_levels(...)[k]`` with that level's scale; ``[K, C, h, w]``. The LevelMapper runs
+    in the dtype the box geometry uses (that of the features for float32/float64, float32
+    for half types). ``mode="all"`` (PANet): every RoI from every level, ``[L, K, C, h, w]``.
+    Differentiable w.r.t. every level of ``features``.
+    """
+    if mode not in ("assign", "all"):
+        raise ValueError(f"mode must be 'assign' or 'all', got {mode!r}")
+    if len(features) == 0 or len(features) != len(spatial_scales):
+        raise ValueError("features and spatial_scales must be non-empty and of equal length")
+    f0 = features[0]
+    rois = convert_boxes_to_rois(boxes, _compute_dtype(f0.dtype), f0.device)
+    if mode == "all":
+        return torch.stack([roi_align(f, rois, output_size, s, sampling_ratio, aligned)
+                            for f, s in zip(features, spatial_scales)])
+    levels = map_levels(rois, spatial_scales, canonical_scale, canonical_level)
+    h, w = _pair(output_size)
+    out = f0.new_zeros((rois.size(0), f0.size(1), h, w))
+    for l, (f, s) in enumerate(zip(features, spatial_scales)):
+        idx = torch.nonzero(levels == l).flatten()
+        if idx.numel():
+            out = out.index_copy(0, idx, roi_align(f, rois[idx], output_size, s,
+                                                   sampling_ratio, aligned))
+    return out
