@@ -99,3 +99,27 @@ def test_roi_pool_rounds_half_away_from_zero(device):
     assert torch.equal(out.cpu(), exp) and torch.equal(arg.cpu(), exp_arg)
     # Bottom-right corners after rounding: (3, 3) and (5, 6).
     assert exp.flatten().tolist() == [3 * 8 + 3, 6 * 8 + 5]
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_roi_align_overflowing_extent_is_empty_and_quick(device, aligned):
+    """Finite corners whose difference overflows float32 (x1 = -3e38, x2 = 3e38) give an
+    infinite bin, so every sample is NaN or infinite: zeros forward and backward, like a
+    non-finite box, and at once — walking the 2^30 capped samples one by one took ~40 s
+    per box (the time bound below only guards against that walk returning)."""
+    import time
+
+    x = torch.randn(2, 3, 16, 16, device=device, requires_grad=True)
+    boxes = torch.tensor([[0, -3e38, 0, 3e38, 10], [1, 0, -3e38, 10, 3e38],
+                          [0, 3e38, 0, -3e38, 10], [1, 2, 3, 9, 12]], device=device)
+    t = time.perf_counter()
+    y = segops.roi_align(x, boxes, 7, 1.0, -1, aligned)
+    ml = segops.multilevel_roi_align([x, x[:, :, ::2, ::2]], boxes, 7, [1.0, 0.5],
+                                     mode="all", aligned=aligned)
+    (gx,) = torch.autograd.grad((y.sum() + ml.sum()), x)
+    assert time.perf_counter() - t < 10.0
+    assert (y[:3] == 0).all() and (ml[:, :3] == 0).all() and y[3].abs().sum() > 0
+    assert torch.equal(y.detach().cpu(), ref.roi_align(x.detach().cpu(), boxes.cpu(), 7, 1.0, -1,
+                                                       aligned))
+    # only the finite box (image 1, x 2..9, y 3..12) sends gradient
+    assert gx[0].abs().sum() == 0 and gx[1].abs().sum() > 0

@@ -75,7 +75,10 @@ struct RoIAxis {
   // First sample index s in [0, n] where pred(pos(s)) holds, for a predicate that is
   // monotone along the samples (false ... false, true ... true). Positions are monotone in
   // s (decreasing when an aligned, inverted box has a negative bin), so an estimate from
-  // `v` is corrected to the exact answer in a step or two.
+  // `v` is usually within a step or two of the answer; a galloping search from it, then a
+  // bisection, finds the answer in O(log distance) evaluations whatever the rounding (a
+  // huge box's (i + 0.5) * bin overflows to inf for all but its first samples, which a
+  // step-by-step walk crossed one sample at a time).
   template <typename Pred>
   SEGOPS_HOST_DEVICE int64_t first_where(G v, Pred pred) const {
     const int64_t n = samples();
@@ -86,9 +89,40 @@ struct RoIAxis {
       const G e = (v - start) / step - G(0.5);
       s = !(e > G(0)) ? 0 : (e >= static_cast<G>(n) ? n : static_cast<int64_t>(e));
     }
-    while (s > 0 && pred(pos(s - 1))) --s;
-    while (s < n && !pred(pos(s))) ++s;
-    return s;
+    const auto holds = [&](int64_t k) { return k >= n || pred(pos(k)); };
+    int64_t lo, hi;  // holds(hi); lo == -1 or !holds(lo)
+    if (holds(s)) {
+      hi = s;
+      for (int64_t d = 1;; d *= 2) {
+        lo = s - d;
+        if (lo < 0) {
+          lo = -1;
+          break;
+        }
+        if (!holds(lo)) break;
+        hi = lo;
+      }
+    } else {
+      lo = s;
+      for (int64_t d = 1;; d *= 2) {
+        hi = s + d;
+        if (hi >= n) {
+          hi = n;
+          break;
+        }
+        if (holds(hi)) break;
+        lo = hi;
+      }
+    }
+    while (hi - lo > 1) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (holds(mid)) {
+        hi = mid;
+      } else {
+        lo = mid;
+      }
+    }
+    return hi;
   }
 
   // Samples [b, e) whose position lies in [lo, hi].
@@ -176,8 +210,12 @@ SEGOPS_HOST_DEVICE RoIAlignGeometry<G> roi_align_geometry(const R* roi, G spatia
   const G x2 = static_cast<G>(roi[3]) * spatial_scale - offset;
   const G y2 = static_cast<G>(roi[4]) * spatial_scale - offset;
   g.batch = b >= G(0) && b < static_cast<G>(batch_size) ? static_cast<int64_t>(b) : -1;
+  // Finite corners whose difference overflows (x1 = -3e38, x2 = 3e38) make an infinite bin:
+  // every sample position is then NaN or infinite, so the box contributes nothing; marked
+  // empty here, as a non-finite corner is, rather than walked sample by sample (2^30 a bin).
   g.empty = g.batch < 0 || !is_finite(x1) || !is_finite(y1) || !is_finite(x2) ||
-            !is_finite(y2) || height <= 0 || width <= 0;
+            !is_finite(y2) || !is_finite(x2 - x1) || !is_finite(y2 - y1) || height <= 0 ||
+            width <= 0;
   if (g.empty) {  // an axis with no samples
     g.y = detail::make_axis(G(0), G(0), pooled_h, 0, true, 1);
     g.x = detail::make_axis(G(0), G(0), pooled_w, 0, true, 1);

@@ -46,6 +46,13 @@ struct MultiLevelRoIAlign {
 
   SEGOPS_HOST_DEVICE int64_t slots() const { return all_levels ? levels * rois : rois; }
 
+  // False when every level is empty (H or W of 0): nothing to sample, no launch needed.
+  SEGOPS_HOST_DEVICE bool any_pixels() const {
+    for (int64_t l = 0; l < levels; ++l)
+      if (height[l] > 0 && width[l] > 0) return true;
+    return false;
+  }
+
   // Slot s: its level and its RoI's geometry at that level (roi_align's, exactly).
   template <typename G>
   SEGOPS_HOST_DEVICE RoIAlignGeometry<G> geometry(const G* boxes, int64_t s,

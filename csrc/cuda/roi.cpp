@@ -38,6 +38,13 @@ at::Tensor scratch(const at::Tensor& like, int64_t bytes) {
   return at::empty({std::max<int64_t>(bytes, 1)}, like.options().dtype(at::kByte));
 }
 
+// The deterministic (gather) backwards compact RoI indices into ints.
+void check_gather_rois(int64_t rois, const char* op) {
+  TORCH_CHECK_VALUE(rois <= std::numeric_limits<int>::max(), op,
+                    ": the deterministic backward takes at most 2**31 - 1 RoIs (RoI-level "
+                    "pairs for multilevel_roi_align), got ", rois);
+}
+
 at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& rois,
                                   double spatial_scale, int64_t pooled_h, int64_t pooled_w,
                                   int64_t sampling_ratio, bool aligned) {
@@ -80,6 +87,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
   at::Tensor s = scratch(g, cuda::roi_align_scratch_bytes(dt, K));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (deterministic) {
+    check_gather_rois(K, "_roi_align_backward");
     at::Tensor out = at::empty({batch_size, channels, height, width}, grad.options());
     C10_CUDA_CHECK(cuda::roi_align_backward_gather(dt, a, g.const_data_ptr(), r.const_data_ptr(),
                                                    s.mutable_data_ptr(), out.mutable_data_ptr(),
@@ -108,7 +116,7 @@ at::Tensor multilevel_roi_align_forward_cuda(at::TensorList features, const at::
   std::vector<int64_t> shape = {p.rois, p.channels, pooled_h, pooled_w};
   if (all_levels) shape.insert(shape.begin(), p.levels);
   at::Tensor out = at::zeros(shape, features[0].options());
-  if (out.numel() == 0) return out;
+  if (out.numel() == 0 || !p.any_pixels()) return out;
   std::vector<at::Tensor> xs;
   cuda::RoILevelInputs in{};
   for (int64_t l = 0; l < p.levels; ++l) {
@@ -137,7 +145,8 @@ std::vector<at::Tensor> multilevel_roi_align_backward_cuda(
   check_batch_indices_cuda(rois, batch_size, op);
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   std::vector<at::Tensor> out;
-  if (p.slots() == 0 || batch_size * channels == 0 || pooled_h * pooled_w == 0) {
+  if (p.slots() == 0 || batch_size * channels == 0 || pooled_h * pooled_w == 0 ||
+      !p.any_pixels()) {
     for (int64_t l = 0; l < p.levels; ++l)
       out.push_back(at::zeros({batch_size, channels, p.height[l], p.width[l]}, grad.options()));
     return out;
@@ -149,9 +158,7 @@ std::vector<at::Tensor> multilevel_roi_align_backward_cuda(
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   cuda::RoILevelOutputs o{};
   if (deterministic) {
-    TORCH_CHECK_VALUE(p.slots() <= std::numeric_limits<int>::max(), op,
-                      ": the deterministic backward takes at most 2**31 - 1 RoI-level pairs, "
-                      "got ", p.slots());
+    check_gather_rois(p.slots(), op);
     for (int64_t l = 0; l < p.levels; ++l) {
       out.push_back(at::empty({batch_size, channels, p.height[l], p.width[l]}, grad.options()));
       o.p[l] = out.back().mutable_data_ptr();
@@ -215,6 +222,7 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois
   const cuda::Dtype dt = cuda_dtype(g);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (at::globalContext().deterministicAlgorithms()) {
+    check_gather_rois(K, "_roi_pool_backward");
     at::Tensor s = scratch(g, cuda::roi_pool_scratch_bytes(dt, K));
     at::Tensor out = at::empty({batch_size, channels, height, width}, grad.options());
     C10_CUDA_CHECK(cuda::roi_pool_backward_gather(dt, a, g.const_data_ptr(),

@@ -141,8 +141,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 LevelJobs gather_jobs(const MultiLevelRoIAlign& p) {
-  LevelJobs j;
-  j.begin[0] = 0;
+  LevelJobs j{};
   const int64_t groups = (p.channels + kChannelGroup - 1) / kChannelGroup;
   for (int64_t l = 0; l < p.levels; ++l) {
     const int64_t tiles =

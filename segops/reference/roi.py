@@ -178,7 +178,10 @@ def _roi_align_one(feat: Tensor, box: Tensor, scale: Tensor, pooled_h: int, pool
     zeros = feat.new_zeros(C, pooled_h, pooled_w)
     offset = 0.5 if aligned else 0.0
     x1, y1, x2, y2 = (box * scale - offset).unbind(0)
-    if not bool(torch.isfinite(torch.stack([x1, y1, x2, y2])).all()) or H == 0 or W == 0:
+    # A non-finite corner, or finite corners whose difference overflows (every sample would
+    # then be NaN or infinite): the RoI contributes nothing.
+    if not bool(torch.isfinite(torch.stack([x1, y1, x2, y2, x2 - x1, y2 - y1])).all()) \
+            or H == 0 or W == 0:
         return zeros
     ys, grid_h = _axis_samples(y1, y2, pooled_h, sampling_ratio, aligned)  # [ph, gh]
     xs, grid_w = _axis_samples(x1, x2, pooled_w, sampling_ratio, aligned)  # [pw, gw]
