@@ -44,11 +44,15 @@ def random_features(shape, ctx: Ctx, seed: int = 1) -> torch.Tensor:
     return torch.randn(*shape, generator=g, dtype=torch.float32).to(ctx.device, ctx.dtype)
 
 
-def backward_only(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, seed: int = 2):
-    """Run ``forward`` once on a grad-requiring copy of ``x``; return a callable timing only
-    the backward: ``torch.autograd.grad(out, x, grad, retain_graph=True)``. Use it as
+def backward_only(forward: Callable, x, seed: int = 2):
+    """Run ``forward`` once on a grad-requiring copy of ``x`` (a tensor, or a list of them
+    such as pyramid levels); return a callable timing only the backward:
+    ``torch.autograd.grad(out, x, grad, retain_graph=True)``. Use it as
     ``Fn(prepare=lambda: backward_only(...))`` so the graph lives only while it is timed."""
-    x = x.detach().requires_grad_(True)
+    if isinstance(x, (list, tuple)):
+        x = [t.detach().requires_grad_(True) for t in x]
+    else:
+        x = x.detach().requires_grad_(True)
     out = forward(x)
     g = torch.Generator().manual_seed(seed)
     grad = torch.randn(out.shape, generator=g, dtype=torch.float32).to(out.device, out.dtype)

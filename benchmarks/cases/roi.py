@@ -15,7 +15,6 @@ import functools
 import math
 from typing import Any, Callable, Dict
 
-import torch
 
 from .inputs import backward_only, random_boxes, random_features
 from .registry import Ctx, Fn, op_impls, register
@@ -35,6 +34,21 @@ def _roi_sizes(ctx: Ctx, level: str) -> Dict[str, Any]:
     feat_hw = (math.ceil(image_hw[0] / stride), math.ceil(image_hw[1] / stride))
     return dict(shape=(1, channels, *feat_hw), spatial_scale=1.0 / stride, image_hw=image_hw,
                 size_range=size_range, num_rois=num_rois)
+
+
+def _add_timed(impls: Dict[str, Any], ctx: Ctx, name: str, fwd: Callable, inp,
+               backward: bool) -> None:
+    """impls[name] times ``fwd(inp)``, or with ``backward`` only its autograd.grad (segops
+    also as segops-deterministic under --deterministic)."""
+    if not backward:
+        impls[name] = lambda: fwd(inp)
+        return
+    prep = functools.partial(backward_only, fwd, inp)
+    if name == "segops" and ctx.deterministic:
+        impls["segops"] = Fn(prepare=prep, deterministic=False)
+        impls["segops-deterministic"] = Fn(prepare=prep, deterministic=True)
+    else:
+        impls[name] = Fn(prepare=prep)
 
 
 def _roi_case_name(level: str, out: int, extra: str, pass_: str) -> Callable[[Ctx], str]:
@@ -59,15 +73,7 @@ def _make_roi_setup(op: str, level: str, out: int, kwargs: Dict[str, Any], backw
             def fwd(inp, fn=fn):
                 return fn(inp, boxes, out, spatial_scale=scale, **kwargs)
 
-            if backward:
-                prep = functools.partial(backward_only, fwd, x)
-                if name == "segops" and ctx.deterministic:
-                    impls["segops"] = Fn(prepare=prep, deterministic=False)
-                    impls["segops-deterministic"] = Fn(prepare=prep, deterministic=True)
-                else:
-                    impls[name] = Fn(prepare=prep)
-            else:
-                impls[name] = lambda fwd=fwd: fwd(x)
+            _add_timed(impls, ctx, name, fwd, x, backward)
         return impls
 
     return setup
@@ -127,19 +133,6 @@ def _ml_case_name(out: int, extra: str, pass_: str) -> Callable[[Ctx], str]:
     return name
 
 
-def _levels_backward_only(forward: Callable, xs, seed: int = 2):
-    """backward_only for a list of levels: times autograd.grad(out, xs, grad)."""
-    xs = [x.detach().requires_grad_(True) for x in xs]
-    out = forward(xs)
-    g = torch.Generator().manual_seed(seed)
-    grad = torch.randn(out.shape, generator=g, dtype=torch.float32).to(out.device, out.dtype)
-
-    def call():
-        return torch.autograd.grad(out, xs, grad, retain_graph=True)
-
-    return call
-
-
 def _torchvision_multiscale(ctx: Ctx, out: int, sampling_ratio: int, canonical: float,
                             image_hw) -> Any:
     """A function of (features, boxes [K, 5]) running torchvision's MultiScaleRoIAlign, or
@@ -179,15 +172,7 @@ def _make_ml_setup(out: int, kwargs: Dict[str, Any], mode: str, backward: bool):
             def fwd(inp, fn=fn):
                 return fn(inp, boxes)
 
-            if backward:
-                prep = functools.partial(_levels_backward_only, fwd, xs)
-                if name == "segops" and ctx.deterministic:
-                    impls["segops"] = Fn(prepare=prep, deterministic=False)
-                    impls["segops-deterministic"] = Fn(prepare=prep, deterministic=True)
-                else:
-                    impls[name] = Fn(prepare=prep)
-            else:
-                impls[name] = lambda fwd=fwd: fwd(xs)
+            _add_timed(impls, ctx, name, fwd, xs, backward)
         return impls
 
     return setup
