@@ -14,15 +14,11 @@ import torch
 import segops
 from segops.models import mask_rcnn as MR
 
+from fpn_helpers import pyramid, training_scene
+
 SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
 FLAVOURS = ["torchvision", "detectron2"]
 SETTINGS = {"torchvision": (2, False), "detectron2": (0, True)}
-
-
-def _pyramid(channels=8, size=128, batch=1, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, channels, size // 2**k, size // 2**k, generator=g).to(dtype)
-            for k in (2, 3, 4, 5)]
 
 
 def _level(side: float) -> int:
@@ -36,7 +32,7 @@ def _level(side: float) -> int:
 
 
 def test_default_head_shapes():
-    feats = _pyramid(channels=256, size=64)
+    feats = pyramid(channels=256, size=64)
     rois = torch.tensor([[0, 2.0, 3.0, 40.0, 50.0], [0, 10.0, 0.0, 20.0, 60.0]])
     cls, box = MR.BoxHead(5)(feats, rois)
     assert cls.shape == (2, 6) and box.shape == (2, 20)
@@ -49,7 +45,7 @@ def test_default_head_shapes():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_head_dtypes(dtype, flavour):
-    feats = _pyramid(dtype=dtype, batch=2)
+    feats = pyramid(dtype=dtype, batch=2)
     rois = torch.tensor([[0, 2.0, 3.0, 40.0, 50.0], [1, 10.0, 0.0, 127.0, 90.0],
                          [1, 5.0, 5.0, 6.0, 6.0]], dtype=dtype)
     box = MR.BoxHead(3, 8, 16, flavour=flavour).to(dtype)
@@ -64,7 +60,7 @@ def test_head_dtypes(dtype, flavour):
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_pooling_is_roi_align_on_the_assigned_level(flavour):
-    feats = _pyramid(size=512, seed=1)
+    feats = pyramid(size=512, seed=1)
     # sides chosen at known levels: 224 -> P4, 112 -> P3, 448 -> P5, 56 and 20 -> P2 (clamped),
     # 1000 -> P5 (clamped); 112 x 448 has sqrt(area) 224 -> P4
     sizes = [(224, 224), (112, 112), (448, 448), (56, 56), (20, 20), (1000, 1000), (112, 448),
@@ -86,7 +82,7 @@ def test_pooling_is_roi_align_on_the_assigned_level(flavour):
 
 
 def test_flavours_pool_differently():
-    feats = _pyramid(seed=2)
+    feats = pyramid(seed=2)
     rois = torch.tensor([[0, 3.3, 7.1, 60.2, 41.9], [0, 20.0, 20.0, 120.0, 100.0]])
     tv = MR.BoxHead(2, 8, 16, flavour="torchvision").pooler(feats, rois)
     d2 = MR.BoxHead(2, 8, 16, flavour="detectron2").pooler(feats, rois)
@@ -211,13 +207,8 @@ def test_training_losses_and_gradients(flavour):
     torch.manual_seed(0)
     heads = MR.MaskRCNNHeads(3, flavour, in_channels=8, representation_size=16,
                              mask_channels=8).train()
-    feats = [f.requires_grad_() for f in _pyramid(batch=2, seed=4)]
-    masks = torch.zeros(1, 128, 128)
-    masks[0, 10:60, 8:70] = 1
-    targets = [{"boxes": torch.tensor([[8.0, 10.0, 70.0, 60.0]]), "labels": torch.tensor([2]),
-                "masks": masks}] * 2
-    proposals = [torch.tensor([[6.0, 9.0, 72.0, 58.0], [80.0, 80.0, 120.0, 126.0]]),
-                 torch.tensor([[0.0, 0.0, 127.0, 127.0]])]
+    feats = [f.requires_grad_() for f in pyramid(batch=2, seed=4)]
+    targets, proposals = training_scene()
     losses = heads(feats, proposals, targets=targets)
     assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask"}
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
@@ -229,7 +220,7 @@ def test_training_losses_and_gradients(flavour):
 
     # no positive anywhere: the mask loss is 0 and still has a graph
     far = [{"boxes": torch.tensor([[100.0, 0.0, 127.0, 20.0]]), "labels": torch.tensor([1]),
-            "masks": masks}] * 2
+            "masks": targets[0]["masks"]}] * 2
     heads.append_gt = False
     losses = heads(feats, proposals, targets=far)
     assert losses["loss_mask"].item() == 0 and losses["loss_box_reg"].item() == 0
@@ -238,7 +229,7 @@ def test_training_losses_and_gradients(flavour):
 
 def test_images_without_gt_or_proposals():
     heads = MR.MaskRCNNHeads(3, in_channels=8, representation_size=16, mask_channels=8)
-    feats = [f.requires_grad_() for f in _pyramid(batch=2, seed=7)]
+    feats = [f.requires_grad_() for f in pyramid(batch=2, seed=7)]
     none = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
             "masks": torch.zeros(0, 128, 128)}
     proposals = [torch.tensor([[0.0, 0.0, 50.0, 50.0]]), torch.zeros(0, 4)]
@@ -300,7 +291,7 @@ def test_inference_outputs_and_pasted_masks(flavour):
                              mask_channels=8, detections_per_image=7).eval()
     with torch.no_grad():
         heads.mask_head.predictor.bias.fill_(4.0)  # confident foreground masks
-    feats = _pyramid(batch=2, seed=5)
+    feats = pyramid(batch=2, seed=5)
     g = torch.Generator().manual_seed(6)
     xy = torch.rand(12, 2, generator=g) * 90
     proposals = [torch.cat([xy, xy + 4 + torch.rand(12, 2, generator=g) * 40], 1)[:8],
@@ -336,7 +327,7 @@ def test_inference_outputs_and_pasted_masks(flavour):
 
 
 def test_bad_input_names_the_argument():
-    feats = _pyramid()
+    feats = pyramid()
     head = MR.BoxHead(2, 8, 16)
     rois = torch.tensor([[0, 1.0, 1.0, 20.0, 20.0]])
     with pytest.raises(ValueError, match="`features` must hold 4 levels"):

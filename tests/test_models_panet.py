@@ -14,14 +14,10 @@ import segops
 from segops.models import mask_rcnn as MR
 from segops.models import panet as PA
 
+from fpn_helpers import pyramid, training_scene
+
 SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
 SETTINGS = {"torchvision": (2, False), "detectron2": (0, True)}
-
-
-def _pyramid(channels=8, size=128, batch=1, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, channels, size // 2**k, size // 2**k, generator=g).to(dtype)
-            for k in (2, 3, 4, 5)]
 
 
 def _randomize(module: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> None:
@@ -44,7 +40,7 @@ ROIS = torch.tensor([[0, 4.0, 6.0, 30.0, 28.0],  # small: P2 under the LevelMapp
 def test_bottom_up_path_is_the_explicit_composition(dtype):
     path = PA.BottomUpPath(8, gn_groups=4).to(dtype)
     _randomize(path, seed=1)
-    feats = _pyramid(batch=2, dtype=dtype, seed=2)
+    feats = pyramid(batch=2, dtype=dtype, seed=2)
     with torch.no_grad():
         out = path(feats)
     assert out[0] is feats[0]  # N2 = P2
@@ -67,7 +63,7 @@ def test_bottom_up_path_is_the_explicit_composition(dtype):
 
 def test_bottom_up_path_bad_input():
     path = PA.BottomUpPath(8, gn_groups=4)
-    feats = _pyramid()
+    feats = pyramid()
     with pytest.raises(ValueError, match="`features` must hold 4 levels"):
         path(feats[:3])
     with pytest.raises(ValueError, match=r"`features\[2\]` must have 8 channels"):
@@ -85,7 +81,7 @@ def test_bottom_up_path_bad_input():
 
 @pytest.mark.parametrize("flavour", ["torchvision", "detectron2"])
 def test_pooling_is_every_level(flavour):
-    feats = _pyramid(seed=3)
+    feats = pyramid(seed=3)
     head = PA.AdaptiveMaskHead(2, 8, 8, flavour=flavour)
     pooled = head.pooler(feats, ROIS)
     assert pooled.shape == (4, 3, 8, 14, 14)
@@ -97,7 +93,7 @@ def test_pooling_is_every_level(flavour):
 
 def test_perturbing_level_3_changes_a_small_box():
     """ROIS[0] is P2-sized: pooled by assignment, level 3 (P5) would not matter."""
-    feats = _pyramid(seed=4)
+    feats = pyramid(seed=4)
     bumped = [f.clone() for f in feats]
     bumped[3] += 5 * torch.randn(bumped[3].shape, generator=torch.Generator().manual_seed(5))
     box = PA.AdaptiveBoxHead(2, 8, 16)
@@ -164,7 +160,7 @@ def test_fusion_is_the_max_over_levels():
 def test_fc_fusion_is_class_agnostic():
     head = PA.AdaptiveMaskHead(4, 6, 8)
     _randomize(head, seed=11)
-    feats = _pyramid(channels=6, seed=12)
+    feats = pyramid(channels=6, seed=12)
     with torch.no_grad():
         pooled = head.pooler(feats, ROIS)
         x3 = head.conv3(head.conv2(head.fuse(pooled)))
@@ -210,13 +206,8 @@ def test_panet_heads_train_and_eval(flavour):
     torch.manual_seed(0)
     heads = _heads(flavour)
     assert isinstance(heads, MR.MaskRCNNHeads)
-    feats = [f.requires_grad_() for f in _pyramid(batch=2, seed=13)]
-    masks = torch.zeros(1, 128, 128)
-    masks[0, 10:60, 8:70] = 1
-    targets = [{"boxes": torch.tensor([[8.0, 10.0, 70.0, 60.0]]), "labels": torch.tensor([2]),
-                "masks": masks}] * 2
-    proposals = [torch.tensor([[6.0, 9.0, 72.0, 58.0], [80.0, 80.0, 120.0, 126.0]]),
-                 torch.tensor([[0.0, 0.0, 127.0, 127.0]])]
+    feats = [f.requires_grad_() for f in pyramid(batch=2, seed=13)]
+    targets, proposals = training_scene()
     losses = heads.train()(feats, proposals, targets=targets)
     assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask"}
     losses["loss_mask"].backward()
@@ -241,7 +232,7 @@ def test_panet_heads_train_and_eval(flavour):
 
 def test_panet_dtypes():
     heads = _heads().double().eval()
-    feats = _pyramid(batch=1, dtype=torch.float64, seed=14)
+    feats = pyramid(batch=1, dtype=torch.float64, seed=14)
     with torch.no_grad():
         cls, box = heads.box_head(heads.bottom_up(feats), ROIS.double())
         logits = heads.mask_head(heads.bottom_up(feats), ROIS.double())
@@ -251,7 +242,7 @@ def test_panet_dtypes():
 
 
 def test_bad_input_names_the_argument():
-    feats = _pyramid()
+    feats = pyramid()
     head = PA.AdaptiveMaskHead(2, 8, 8)
     with pytest.raises(ValueError, match="`features` must hold 4 levels"):
         head(feats[:2], ROIS)
