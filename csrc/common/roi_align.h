@@ -210,12 +210,8 @@ SEGOPS_HOST_DEVICE RoIAlignGeometry<G> roi_align_geometry(const R* roi, G spatia
   const G x2 = static_cast<G>(roi[3]) * spatial_scale - offset;
   const G y2 = static_cast<G>(roi[4]) * spatial_scale - offset;
   g.batch = b >= G(0) && b < static_cast<G>(batch_size) ? static_cast<int64_t>(b) : -1;
-  // Finite corners whose difference overflows (x1 = -3e38, x2 = 3e38) make an infinite bin:
-  // every sample position is then NaN or infinite, so the box contributes nothing; marked
-  // empty here, as a non-finite corner is, rather than walked sample by sample (2^30 a bin).
   g.empty = g.batch < 0 || !is_finite(x1) || !is_finite(y1) || !is_finite(x2) ||
-            !is_finite(y2) || !is_finite(x2 - x1) || !is_finite(y2 - y1) || height <= 0 ||
-            width <= 0;
+            !is_finite(y2) || height <= 0 || width <= 0;
   if (g.empty) {  // an axis with no samples
     g.y = detail::make_axis(G(0), G(0), pooled_h, 0, true, 1);
     g.x = detail::make_axis(G(0), G(0), pooled_w, 0, true, 1);
