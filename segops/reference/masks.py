@@ -84,9 +84,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._checks import check_float as _check_float
+
 __all__ = ["assemble_masks", "paste_masks", "yolact_crop", "sanitize_coordinates"]
 
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _MODES = ("detectron2", "torchvision")
 
 
@@ -98,15 +99,6 @@ _MODES = ("detectron2", "torchvision")
 def _acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
     """float64 if any of the dtypes is float64, else float32 (SPEC §0 compute dtype)."""
     return torch.float64 if torch.float64 in dtypes else torch.float32
-
-
-def _check_float(t: object, op: str, name: str) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{op}: `{name}` must be a Tensor, got {type(t).__name__}")
-    if t.dtype not in _FLOATS:
-        raise TypeError(
-            f"{op}: `{name}` must be float32, float64, float16 or bfloat16, got {t.dtype}")
-    return t
 
 
 def _size_pair(v: object, op: str) -> Tuple[int, int]:

@@ -49,26 +49,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._checks import check_float as _check_float
+from ._checks import check_tensor as _check_tensor
+
 __all__ = ["box_iou", "nms", "batched_nms", "fast_nms", "matrix_nms"]
 
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------
-
-
-def _check_tensor(t: object, op: str, name: str) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{op}: `{name}` must be a Tensor, got {type(t).__name__}")
-    return t
-
-
-def _check_float(t: Tensor, op: str, name: str) -> None:
-    if t.dtype not in _FLOATS:
-        raise TypeError(
-            f"{op}: `{name}` must be float32, float64, float16 or bfloat16, got {t.dtype}")
 
 
 def _check_boxes(boxes: object, op: str) -> Tensor:

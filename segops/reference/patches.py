@@ -65,6 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._checks import check_float as _check_float
+from ._checks import check_tensor as _check_tensor
 from .roi import roi_align
 
 __all__ = [
@@ -73,29 +75,16 @@ __all__ = [
     "crop_mask", "resize_probs", "patch_means",
 ]
 
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 # --------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------
 
 
-def _check_tensor(t: object, op: str, name: str) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{op}: `{name}` must be a Tensor, got {type(t).__name__}")
-    return t
-
-
 def _check_mask_dtype(t: Tensor, op: str, name: str) -> None:
     if t.is_floating_point() or t.is_complex():
         raise TypeError(f"{op}: `{name}` must be bool (or an integer dtype, nonzero = "
                         f"foreground), got {t.dtype}")
-
-
-def _check_float(t: Tensor, op: str, name: str) -> None:
-    if t.dtype not in _FLOATS:
-        raise TypeError(
-            f"{op}: `{name}` must be float32, float64, float16 or bfloat16, got {t.dtype}")
 
 
 def _check_int64(t: Tensor, op: str, name: str) -> None:
