@@ -22,6 +22,15 @@ inline void check_boundary_patches(const at::Tensor& masks, int64_t patch_size,
                     max_out);
 }
 
+// An int64 vector of n entries; `shape` describes n (e.g. "[P] with P = boxes.shape[0]").
+inline void check_index_vector(const at::Tensor& t, int64_t n, const char* op, const char* name,
+                               const char* shape) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, op, ": `", name, "` must be int64, got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == n, op, ": `", name, "` must be ", shape,
+                    " = ", n, ", got shape ", t.sizes());
+}
+
 // boxes int64 [P, 4] and instance_index int64 [P] of patches of `masks` [N, H, W].
 inline void check_patch_boxes(const char* op, const at::Tensor& masks, const at::Tensor& boxes,
                               const at::Tensor& instance_index) {
@@ -29,11 +38,8 @@ inline void check_patch_boxes(const char* op, const at::Tensor& masks, const at:
                    boxes.scalar_type());
   TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, op,
                     ": `boxes` must be [P, 4] (x1, y1, x2, y2), got shape ", boxes.sizes());
-  TORCH_CHECK_TYPE(instance_index.scalar_type() == at::kLong, op,
-                   ": `instance_index` must be int64, got ", instance_index.scalar_type());
-  TORCH_CHECK_VALUE(instance_index.dim() == 1 && instance_index.size(0) == boxes.size(0), op,
-                    ": `instance_index` must be [P] with P = boxes.shape[0] = ", boxes.size(0),
-                    ", got shape ", instance_index.sizes());
+  check_index_vector(instance_index, boxes.size(0), op, "instance_index",
+                     "[P] with P = boxes.shape[0]");
   check_same_device(masks, boxes, op, "masks", "boxes");
   check_same_device(masks, instance_index, op, "masks", "instance_index");
 }
@@ -56,11 +62,8 @@ inline void check_crop_patches(const at::Tensor& images, const at::Tensor& masks
                     ": `masks` must be [N, H, W] with the images' H, W = ", images.size(2),
                     ", ", images.size(3), ", got shape ", masks.sizes());
   check_patch_boxes(op, masks, boxes, instance_index);
-  TORCH_CHECK_TYPE(batch_index.scalar_type() == at::kLong, op,
-                   ": `batch_index` must be int64, got ", batch_index.scalar_type());
-  TORCH_CHECK_VALUE(batch_index.dim() == 1 && batch_index.size(0) == masks.size(0), op,
-                    ": `batch_index` must be [N] with N = masks.shape[0] = ", masks.size(0),
-                    ", got shape ", batch_index.sizes());
+  check_index_vector(batch_index, masks.size(0), op, "batch_index",
+                     "[N] with N = masks.shape[0]");
   check_same_device(images, masks, op, "images", "masks");
   check_same_device(images, batch_index, op, "images", "batch_index");
   check_nonneg(out_h, op, "output_size (height)");
