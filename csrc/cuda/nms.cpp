@@ -125,7 +125,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fast_nms_cuda(
   const int64_t C = scores.size(0), N = scores.size(1);
   const int64_t capacity = cross_class ? top_k : max_detections;
   const auto longs = boxes.options().dtype(at::kLong);
-  if (C * N == 0 || capacity == 0)
+  // top_k == 0 leaves no candidates: the gathers below would index empty tensors.
+  if (C * N == 0 || capacity == 0 || top_k == 0)
     return {at::full({capacity}, -1, longs), at::full({capacity}, -1, longs),
             at::zeros({capacity}, scores.options()), at::zeros({}, longs)};
   const at::Tensor b = boxes.to(compute_dtype(boxes.scalar_type()));
