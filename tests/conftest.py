@@ -36,6 +36,9 @@ HAS_CUDA = torch.cuda.is_available()
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one)")
     config.addinivalue_line("markers", "slow: long-running test")
+    config.addinivalue_line(
+        "markers", "no_cuda_emu: not shadowed by the CUDA emulator (SEGOPS_CUDA_EMU)"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -67,3 +70,49 @@ DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 def device(request) -> str:
     """Every device: cpu always, cuda (marked, so skipped without a GPU)."""
     return request.param
+
+
+# SEGOPS_CUDA_EMU=1: every segops op call is also run through the CUDA kernels on the CPU
+# emulator and compared with the CPU result (tests/cuda_emu_shadow.py, tools/cuda_emu);
+# SEGOPS_CUDA_EMU_SEED=<n> shuffles the emulated block and thread order.
+_CUDA_EMU = os.environ.get("SEGOPS_CUDA_EMU", "") not in ("", "0")
+
+
+@pytest.fixture(scope="session")
+def _cuda_emu_module():
+    from cuda_emu_shadow import load
+
+    return load(seed=int(os.environ.get("SEGOPS_CUDA_EMU_SEED", "0")))
+
+
+@pytest.fixture(autouse=True)
+def _cuda_emu_shadow(request):
+    if not _CUDA_EMU or request.node.get_closest_marker("no_cuda_emu") is not None:
+        yield
+        return
+    from cuda_emu_shadow import Shadow
+
+    request.getfixturevalue("_cuda_emu_module")
+    with Shadow():
+        yield
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _CUDA_EMU:
+        return
+    from cuda_emu_shadow import calls
+
+    total = sum(calls.values())
+    terminalreporter.write_line(
+        f"cuda-emu: {total} op calls compared with emulated CUDA: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(calls.items()))
+    )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A shadowed run that compared nothing must not pass."""
+    if _CUDA_EMU and exitstatus == 0 and session.testscollected:
+        from cuda_emu_shadow import calls
+
+        if sum(calls.values()) == 0:
+            session.exitstatus = 1

@@ -307,6 +307,7 @@ def test_cluster_empty_images(device, dtype, hw, n_sigma):
 # ======================================================================================
 
 
+@pytest.mark.no_cuda_emu  # dynamo does not trace under the emulator's dispatch mode
 def test_cluster_compiles_fullgraph_padded():
     """The padded form traces without graph breaks (fullgraph=True raises on one)."""
     import torch._dynamo

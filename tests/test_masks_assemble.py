@@ -312,6 +312,7 @@ def test_opcheck(device, dtype):
     assert torch.ops.segops.assemble_masks_upsampled(*args, 11, 6, 0.5).any()
 
 
+@pytest.mark.no_cuda_emu  # dynamo does not trace under the emulator's dispatch mode
 def test_torch_compile_fullgraph(device):
     def f(protos, coeffs, boxes, masks, abs_boxes):
         soft = segops.assemble_masks(protos, coeffs, boxes)

@@ -316,6 +316,7 @@ def test_panoptic_fusion_matches_the_per_query_loop():
     assert total_merges > 0 and total_segments > 50  # the cases exercise every rule
 
 
+@pytest.mark.no_cuda_emu  # dynamo does not trace under the emulator's dispatch mode
 def test_fusion_traces_with_fullgraph_compile():
     torch._dynamo.reset()
     g = torch.Generator().manual_seed(0)

@@ -144,6 +144,7 @@ def test_opcheck(device, dtype):
                               (masks.to(device), labels.to(device), scores, kernel, 2.0))
 
 
+@pytest.mark.no_cuda_emu  # dynamo does not trace under the emulator's dispatch mode
 def test_torch_compile_fullgraph_padded_forms(device):
     """The padded forms trace into one graph (no data-dependent shapes, no graph break)."""
 

@@ -236,6 +236,7 @@ def test_opcheck_roi_pool(device, dtype):
                           (grad, rois, argmax, 0.5, 3, 2, 2, 3, 7, 8))
 
 
+@pytest.mark.no_cuda_emu  # dynamo does not trace under the emulator's dispatch mode
 def test_torch_compile_fullgraph(device):
     def f(x, rois, boxes_list):
         a = segops.roi_align(x, rois, (3, 2), 0.5, -1, True)

@@ -79,6 +79,7 @@ def test_opcheck(device, mode, dtype):
                            all_levels))
 
 
+@pytest.mark.no_cuda_emu  # dynamo does not trace under the emulator's dispatch mode
 def test_torch_compile_fullgraph(device):
     def f(xs, rois, boxes_list):
         a = ml(xs, rois, (3, 2), _SCALES, -1, True, **_KW)

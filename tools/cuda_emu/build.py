@@ -1,0 +1,158 @@
+"""Build segops' CUDA kernels and glue for the CPU emulator (tools/cuda_emu).
+
+The sources in csrc/cuda are compiled with g++ against the shim headers in ``include/``:
+``.cu`` files get their ``kernel<<<grid, block, shared, stream>>>(args)`` launches rewritten
+to ``cuda_emu::launch(...)`` and ``extern __shared__`` arrays pointed at the emulator's
+dynamic shared memory; the glue's ``TORCH_LIBRARY_IMPL(segops, CUDA, m)`` registers on CPU
+instead, and everything is compiled with ``-Dsegops=segops_emu``, so the ops appear as
+``torch.ops.segops_emu.*`` next to the real ``torch.ops.segops.*`` and take CPU tensors.
+
+    python tools/cuda_emu/build.py        # build (incremental) and print the op list
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+CUDA_SRC = ROOT / "csrc" / "cuda"
+BUILD = ROOT / "build" / "cuda_emu"
+
+_LAUNCH = re.compile(
+    r"([A-Za-z_][\w:]*(?:<[^;{}()]*?>)?)\s*<<<(.*?)>>>\s*\((\s*\))?", re.S
+)
+_EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+([\w:]+)\s+(\w+)\s*\[\s*\]\s*;")
+_IMPL = "TORCH_LIBRARY_IMPL(segops, CUDA, m)"
+
+
+_SYNC_PRIMITIVES = ("__syncthreads", "__ballot_sync")
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+_FUNCTION_HEAD = re.compile(r"\b(?:__global__|__device__)\b")
+_NAME_BEFORE_PAREN = re.compile(r"(~?\w+|operator\s*\(\s*\)|operator\s*[\w\s]+?)\s*\(")
+
+
+def _function_bodies(text: str) -> dict[str, str]:
+    """Name -> body of every __global__ / __device__ function defined in `text` (bodies of
+    same-named functions concatenated). Enough C++ for csrc/cuda: a function's body is the
+    brace-matched block after its qualifier; declarations (`;` first) have none."""
+    text = _COMMENT.sub("", text)
+    bodies: dict[str, str] = {}
+    for head in _FUNCTION_HEAD.finditer(text):
+        open_brace, semicolon = text.find("{", head.end()), text.find(";", head.end())
+        if open_brace < 0 or (0 <= semicolon < open_brace):
+            continue
+        signature = re.sub(r"__launch_bounds__\s*\([^)]*\)", "", text[head.end():open_brace])
+        names = [m.group(1) for m in _NAME_BEFORE_PAREN.finditer(signature)]
+        if not names:
+            continue
+        depth, i = 0, open_brace
+        while True:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                break
+            i += 1
+        name = names[0].split()[-1] if not names[0].startswith("operator") else "operator()"
+        bodies[name] = bodies.get(name, "") + text[open_brace : i + 1]
+    return bodies
+
+
+def synchronising_functions(texts: list[str]) -> set[str]:
+    """Names of the device functions that reach a barrier or warp vote, directly or through
+    a call (by name, to a fixed point): their kernels run as fibers, the others directly."""
+    bodies: dict[str, str] = {}
+    for text in texts:
+        for name, body in _function_bodies(text).items():
+            bodies[name] = bodies.get(name, "") + body
+    sync = {n for n, b in bodies.items() if any(p in b for p in _SYNC_PRIMITIVES)}
+    while True:
+        more = {
+            n for n, b in bodies.items()
+            if n not in sync and any(re.search(rf"\b{re.escape(s)}\s*[<(]", b) for s in sync)
+        }
+        if not more:
+            return sync
+        sync |= more
+
+
+def _launcher(sync: set[str]):
+    def launch(m: re.Match) -> str:
+        kernel = m.group(1)
+        mode = "true" if kernel.split("<")[0].split("::")[-1] in sync else "false"
+        head = f"::cuda_emu::launch<{mode}>(::cuda_emu::config({m.group(2)}), {kernel}"
+        return head + ")" if m.group(3) else head + ", "
+
+    return launch
+
+
+def translate_kernel_source(text: str, sync: set[str]) -> str:
+    """A .cu file as C++ for the emulator; `sync`: the kernels that need fibers."""
+    text = _EXTERN_SHARED.sub(
+        r"\1* \2 = static_cast<\1*>(::cuda_emu::dynamic_shared());", text
+    )
+    return _LAUNCH.sub(_launcher(sync), text)
+
+
+def translate_glue_source(text: str) -> str:
+    """A CUDA glue .cpp as C++ registering its kernels for CPU tensors."""
+    if _IMPL not in text:
+        raise RuntimeError(f"glue source without `{_IMPL}`")
+    return text.replace(_IMPL, "TORCH_LIBRARY_IMPL(segops, CPU, m)")
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def generate() -> list[str]:
+    """Writes the translated sources under build/cuda_emu/src; returns every source."""
+    out = BUILD / "src"
+    out.mkdir(parents=True, exist_ok=True)
+    sources = [str(HERE / "runtime.cpp")]
+    device_code = sorted(CUDA_SRC.glob("*.cu")) + sorted(CUDA_SRC.glob("*.cuh"))
+    sync = synchronising_functions([p.read_text() for p in device_code])
+    for src in sorted(CUDA_SRC.glob("*.cu")) + sorted(CUDA_SRC.glob("*.cpp")):
+        text = src.read_text()
+        if src.suffix == ".cu":
+            text = translate_kernel_source(text, sync)
+        else:
+            text = translate_glue_source(text)
+        dst = out / (src.name + ".emu.cpp")
+        _write_if_changed(dst, f'#line 1 "{src}"\n' + text)
+        sources.append(str(dst))
+    # The schema and the shared argument checks, as they are (renamed by -Dsegops=segops_emu).
+    sources.append(str(ROOT / "csrc" / "schema.cpp"))
+    sources += [str(p) for p in sorted((ROOT / "csrc").glob("*_checks.cpp"))]
+    return sources
+
+
+def load(verbose: bool = False):
+    """Builds (incrementally) and imports the emulated module; registers torch.ops.segops_emu."""
+    from torch.utils.cpp_extension import load as load_extension
+
+    sources = generate()
+    flags = ["-O2", "-g0", "-fno-trapping-math", "-ffp-contract=off", "-Dsegops=segops_emu"]
+    # Greedy NMS chunks its mask at 2^24 words on a GPU (n > 32768 boxes): at 2^8 words here
+    # every test with more than 128 boxes runs several chunks.
+    flags.append("-DSEGOPS_NMS_MASK_BUDGET_WORDS=256")
+    return load_extension(
+        name="segops_cuda_emu",
+        sources=sources,
+        extra_include_paths=[str(HERE / "include"), str(CUDA_SRC)],
+        extra_cflags=flags,
+        build_directory=str(BUILD),
+        verbose=verbose,
+    )
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("MAX_JOBS", "2")
+    module = load(verbose="-v" in sys.argv)
+    import torch
+
+    print(module.__file__)
+    print(sorted(n for n in dir(torch.ops.segops_emu) if not n.startswith("__")))

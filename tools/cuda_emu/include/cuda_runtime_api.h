@@ -1,0 +1,108 @@
+// CUDA emulation on the CPU (tools/cuda_emu): the subset of the CUDA runtime and device
+// language that segops' torch-free kernels use, so that csrc/cuda compiles with g++ and its
+// kernels run on host memory. Each block's threads run as fibers (runtime.cpp), switching
+// only at __syncthreads() and warp votes; see tools/cuda_emu/README.md for what this checks
+// and what it cannot.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <math.h>
+
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+// Blocks run one at a time (launches are serialised), so a function-local static is the
+// block's shared memory.
+#define __shared__ static
+
+struct uint3 {
+  unsigned int x, y, z;
+};
+struct dim3 {
+  unsigned int x, y, z;
+  constexpr dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1)
+      : x(x_), y(y_), z(z_) {}
+};
+
+// Set by the scheduler before every switch into a thread.
+inline uint3 threadIdx{0, 0, 0};
+inline uint3 blockIdx{0, 0, 0};
+inline dim3 blockDim;
+inline dim3 gridDim;
+constexpr int warpSize = 32;
+
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorLaunchFailure = 719,
+};
+typedef cudaError_t cudaError;
+typedef struct CUstream_st* cudaStream_t;
+
+namespace cuda_emu {
+
+// Runtime (runtime.cpp).
+void syncthreads();
+unsigned ballot(unsigned mask, bool pred);
+void* dynamic_shared();
+void fail(const char* what);
+cudaError_t take_error();
+const char* error_string(cudaError_t e);
+
+struct Config {
+  dim3 grid, block;
+  size_t shared;
+};
+inline Config config(dim3 grid, dim3 block, size_t shared = 0, cudaStream_t = nullptr) {
+  return {grid, block, shared};
+}
+
+// Runs body() once per thread of every block of c (serialised; see runtime.cpp): as fibers
+// when `synchronises`, else as plain calls one thread after another.
+void run(const Config& c, bool synchronises, void (*body)(void*), void* ctx);
+
+// Sync: the kernel can reach __syncthreads() or a warp vote (build.py finds these by name).
+template <bool Sync, typename... P, typename... A>
+void launch(const Config& c, void (*kernel)(P...), A&&... args) {
+  struct Ctx {
+    void (*kernel)(P...);
+    std::tuple<std::decay_t<P>...> params;
+  } ctx{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
+  run(
+      c, Sync,
+      [](void* p) {
+        auto* x = static_cast<Ctx*>(p);
+        auto params = x->params;  // by value per thread, as kernel parameters are
+        std::apply(x->kernel, params);
+      },
+      &ctx);
+}
+
+}  // namespace cuda_emu
+
+inline void __syncthreads() { cuda_emu::syncthreads(); }
+inline unsigned __ballot_sync(unsigned mask, int pred) { return cuda_emu::ballot(mask, pred != 0); }
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
+inline int __popcll(unsigned long long v) { return __builtin_popcountll(v); }
+
+// One thread runs at a time, and only a barrier switches threads: a read-modify-write is
+// atomic by construction.
+template <typename T>
+inline T atomicAdd(T* p, T v) {
+  const T old = *p;
+  *p = old + v;
+  return old;
+}
+
+inline cudaError_t cudaGetLastError() { return cuda_emu::take_error(); }
+inline const char* cudaGetErrorString(cudaError_t e) { return cuda_emu::error_string(e); }
+
