@@ -107,6 +107,8 @@ def pytest_terminal_summary(terminalreporter):
         f"cuda-emu: {total} op calls compared with emulated CUDA: "
         + ", ".join(f"{k} {v}" for k, v in sorted(calls.items()))
     )
+    if total == 0:
+        terminalreporter.write_line("cuda-emu: the run fails: it compared no op call")
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -25,7 +25,7 @@ BUILD = ROOT / "build" / "cuda_emu"
 _LAUNCH = re.compile(
     r"([A-Za-z_][\w:]*(?:<[^;{}()]*?>)?)\s*<<<(.*?)>>>\s*\((\s*\))?", re.S
 )
-_EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+([\w:]+)\s+(\w+)\s*\[\s*\]\s*;")
+_EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+([\w:][\w:\s]*?)\s+(\w+)\s*\[\s*\]\s*;")
 _IMPL = "TORCH_LIBRARY_IMPL(segops, CUDA, m)"
 
 
@@ -113,9 +113,11 @@ def generate() -> list[str]:
     out = BUILD / "src"
     out.mkdir(parents=True, exist_ok=True)
     sources = [str(HERE / "runtime.cpp")]
-    device_code = sorted(CUDA_SRC.glob("*.cu")) + sorted(CUDA_SRC.glob("*.cuh"))
-    sync = synchronising_functions([p.read_text() for p in device_code])
-    for src in sorted(CUDA_SRC.glob("*.cu")) + sorted(CUDA_SRC.glob("*.cpp")):
+    kernels = sorted(CUDA_SRC.glob("*.cu")) + [HERE / "selftest.cu"]
+    sync = synchronising_functions(
+        [p.read_text() for p in kernels + sorted(CUDA_SRC.glob("*.cuh"))]
+    )
+    for src in kernels + sorted(CUDA_SRC.glob("*.cpp")):
         text = src.read_text()
         if src.suffix == ".cu":
             text = translate_kernel_source(text, sync)

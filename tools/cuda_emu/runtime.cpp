@@ -327,6 +327,10 @@ bool capturing() { return emu().capture; }
 
 }  // namespace cuda_emu
 
+namespace cuda_emu {
+std::string selftest(const std::string& name);  // selftest.cu
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "segops' CUDA kernels and glue, run on the CPU by an emulator (tools/cuda_emu); "
             "ops live in torch.ops.segops_emu";
@@ -334,6 +338,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "0: blocks and threads run in index order; otherwise shuffled, seeded.");
   m.def("set_capturing", [](bool c) { cuda_emu::emu().capture = c; },
         "Report an active CUDA-graph capture to the glue (it then reads nothing back).");
+  m.def("selftest", &cuda_emu::selftest,
+        "Runs one of the emulator's self-test kernels (selftest.cu); '' when it behaved.");
   m.def("stats", [] {
     const auto& e = cuda_emu::emu();
     pybind11::dict d;
