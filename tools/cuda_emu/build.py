@@ -133,11 +133,22 @@ def generate() -> list[str]:
 
 
 def load(verbose: bool = False):
-    """Builds (incrementally) and imports the emulated module; registers torch.ops.segops_emu."""
+    """Builds (incrementally) and imports the emulated module; registers torch.ops.segops_emu.
+
+    With SEGOPS_CUDA_EMU_ASAN=1 the kernels and glue are built with AddressSanitizer (in
+    build/cuda_emu_asan): an out-of-bounds access by any emulated thread is reported where it
+    happens, as compute-sanitizer's memcheck would on a GPU. Python must then run with
+    ``LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0``.
+    """
     from torch.utils.cpp_extension import load as load_extension
 
+    asan = os.environ.get("SEGOPS_CUDA_EMU_ASAN", "") not in ("", "0")
     sources = generate()
     flags = ["-O2", "-g0", "-fno-trapping-math", "-ffp-contract=off", "-Dsegops=segops_emu"]
+    if asan:
+        flags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
+    build_dir = BUILD.with_name("cuda_emu_asan") if asan else BUILD
+    build_dir.mkdir(parents=True, exist_ok=True)
     # Greedy NMS chunks its mask at 2^24 words on a GPU (n > 32768 boxes): at 2^8 words here
     # every test with more than 128 boxes runs several chunks.
     flags.append("-DSEGOPS_NMS_MASK_BUDGET_WORDS=256")
@@ -146,7 +157,8 @@ def load(verbose: bool = False):
         sources=sources,
         extra_include_paths=[str(HERE / "include"), str(CUDA_SRC)],
         extra_cflags=flags,
-        build_directory=str(BUILD),
+        extra_ldflags=["-fsanitize=address"] if asan else [],
+        build_directory=str(build_dir),
         verbose=verbose,
     )
 

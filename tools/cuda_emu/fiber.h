@@ -8,6 +8,48 @@
 #include <cstddef>
 #include <cstdint>
 
+#if defined(__SANITIZE_ADDRESS__)
+// AddressSanitizer (build.py's asan build) must be told of every stack switch.
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+namespace cuda_emu {
+
+// The bounds of a stack, for AddressSanitizer; the scheduler's are learnt on its first switch.
+struct StackBounds {
+  const void* bottom = nullptr;
+  size_t size = 0;
+};
+
+// Call on each side of a switch: before it with the target's stack, after it (first thing in
+// a new fiber too) to learn the stack switched from.
+inline void before_switch(const StackBounds& to) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_start_switch_fiber(nullptr, to.bottom, to.size);
+#else
+  (void)to;
+#endif
+}
+// A stack about to be reused: a thread abandoned by a failed launch left its frames'
+// redzones poisoned there.
+inline void fresh_stack(char* stack, size_t size) {
+#if defined(__SANITIZE_ADDRESS__)
+  ASAN_UNPOISON_MEMORY_REGION(stack, size);
+#else
+  (void)stack, (void)size;
+#endif
+}
+inline void after_switch(StackBounds* from) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(nullptr, &from->bottom, &from->size);
+#else
+  (void)from;
+#endif
+}
+
+}  // namespace cuda_emu
+
 #if defined(__x86_64__) && defined(__linux__)
 
 extern "C" void cuda_emu_switch(void** save_sp, void* load_sp);
@@ -16,13 +58,21 @@ namespace cuda_emu {
 
 struct Context {
   void* sp = nullptr;
+  StackBounds stack;
 };
 
-// Resumes `to`, saving the caller in `from`.
-inline void switch_context(Context* from, Context* to) { cuda_emu_switch(&from->sp, to->sp); }
+// Resumes `to`, saving the caller in `from`; `came_from` receives the bounds of the stack
+// that later switches back here.
+inline void switch_context(Context* from, Context* to, StackBounds* came_from) {
+  before_switch(to->stack);
+  cuda_emu_switch(&from->sp, to->sp);
+  after_switch(came_from);
+}
 
 // Prepares `c` to run fn() (which must never return) on [stack, stack + size).
 inline void start_context(Context* c, char* stack, size_t size, void (*fn)()) {
+  c->stack = {stack, size};
+  fresh_stack(stack, size);
   auto top = reinterpret_cast<uintptr_t>(stack + size) & ~uintptr_t(15);
   auto* sp = reinterpret_cast<uint64_t*>(top);
   *--sp = 0;                                    // fn's return address slot: never used
@@ -42,11 +92,18 @@ namespace cuda_emu {
 
 struct Context {
   ucontext_t uc;
+  StackBounds stack;
 };
 
-inline void switch_context(Context* from, Context* to) { swapcontext(&from->uc, &to->uc); }
+inline void switch_context(Context* from, Context* to, StackBounds* came_from) {
+  before_switch(to->stack);
+  swapcontext(&from->uc, &to->uc);
+  after_switch(came_from);
+}
 
 inline void start_context(Context* c, char* stack, size_t size, void (*fn)()) {
+  c->stack = {stack, size};
+  fresh_stack(stack, size);
   getcontext(&c->uc);
   c->uc.uc_stack.ss_sp = stack;
   c->uc.uc_stack.ss_size = size;

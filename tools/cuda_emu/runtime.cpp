@@ -112,7 +112,7 @@ void record_error(cudaError_t code, const std::string& what) {
 // Back to the scheduler; returns when the scheduler resumes this thread.
 void yield_to_scheduler() {
   Emulator& e = emu();
-  switch_context(&e.fibers[e.current]->ctx, &e.scheduler);
+  switch_context(&e.fibers[e.current]->ctx, &e.scheduler, &e.scheduler.stack);
   set_thread_index(e.current);
 }
 
@@ -120,9 +120,10 @@ void yield_to_scheduler() {
 // resumed, for the next block).
 void thread_entry() {
   Emulator& e = emu();
+  after_switch(&e.scheduler.stack);
   e.body(e.ctx);
   e.fibers[e.current]->state = State::Done;
-  for (;;) switch_context(&e.fibers[e.current]->ctx, &e.scheduler);
+  for (;;) yield_to_scheduler();
 }
 
 std::string block_name() {
@@ -163,7 +164,8 @@ bool run_block(std::mt19937_64& rng) {
       if (e.fibers[i]->state != State::Ready) continue;
       e.current = i;
       set_thread_index(i);
-      switch_context(&e.scheduler, &e.fibers[i]->ctx);
+      StackBounds fiber;
+      switch_context(&e.scheduler, &e.fibers[i]->ctx, &fiber);
       if (e.failed) return false;
     }
     // Nothing is ready: release complete warp votes first, then the block barrier.
@@ -308,7 +310,7 @@ void fail(const char* what) {
   if (e.current >= 0) {
     // Abandon this thread's stack: the launch is over.
     e.fibers[e.current]->state = State::Done;
-    switch_context(&e.fibers[e.current]->ctx, &e.scheduler);
+    yield_to_scheduler();
   }
 }
 
