@@ -19,7 +19,12 @@ namespace {
 constexpr int kBits = 64;
 constexpr int kScanThreads = 256;
 constexpr int kThreads = 256;
-constexpr int64_t kMaskBudgetWords = int64_t(1) << 24;  // 128 MiB of mask per chunk
+// 128 MiB of mask per chunk. The CPU emulator's build (tools/cuda_emu) makes it small, so
+// that its tests take the multi-chunk path at a few hundred boxes.
+#ifndef SEGOPS_NMS_MASK_BUDGET_WORDS
+#define SEGOPS_NMS_MASK_BUDGET_WORDS (int64_t(1) << 24)
+#endif
+constexpr int64_t kMaskBudgetWords = SEGOPS_NMS_MASK_BUDGET_WORDS;
 
 template <typename G>
 __global__ void nms_mask_kernel(const Box<G>* boxes, const int64_t* seg_end,
