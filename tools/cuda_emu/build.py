@@ -138,7 +138,7 @@ def load(verbose: bool = False):
     With SEGOPS_CUDA_EMU_ASAN=1 the kernels and glue are built with AddressSanitizer (in
     build/cuda_emu_asan): an out-of-bounds access by any emulated thread is reported where it
     happens, as compute-sanitizer's memcheck would on a GPU. Python must then run with
-    ``LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0``.
+    libasan and libstdc++ preloaded (see tools/cuda_emu/README.md).
     """
     from torch.utils.cpp_extension import load as load_extension
 
