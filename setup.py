@@ -17,6 +17,7 @@ from torch.utils import cpp_extension
 
 DEFAULT_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
 ROOT = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join(ROOT, "csrc")  # every #include in csrc is rooted here
 
 
 def want_cuda() -> bool:
@@ -41,7 +42,9 @@ def extension():
     rel = lambda pattern: sorted(  # noqa: E731
         os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern))
     )
-    sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
+    # csrc/<family>/: checks.cpp and cpu.cpp always; cuda.cpp (glue) and *.cu with CUDA.
+    family = [s for s in rel("csrc/*/*.cpp") if os.path.basename(s) != "cuda.cpp"]
+    sources = rel("csrc/*.cpp") + family
     # -fno-trapping-math lets GCC if-convert (and so vectorise) float selects; it assumes FP
     # exceptions are masked, as they are under PyTorch, and changes no value.
     # -fopenmp at compile time only: ATen's at::parallel_for is header-inline OpenMP, serial
@@ -55,7 +58,7 @@ def extension():
     # No -std here: torch's own flags pick it (C++17 for torch 2.11, C++20 for 2.13).
     if not want_cuda():
         return cpp_extension.CppExtension(
-            "segops._C", sources, extra_compile_args={"cxx": cxx}
+            "segops._C", sources, include_dirs=[CSRC], extra_compile_args={"cxx": cxx}
         )
     if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
@@ -72,7 +75,8 @@ def extension():
     nvcc = ["-O3", "--fmad=false", "--expt-relaxed-constexpr"]
     return cpp_extension.CUDAExtension(
         "segops._C",
-        sources + rel("csrc/cuda/*.cpp") + rel("csrc/cuda/*.cu"),
+        sources + rel("csrc/*/cuda.cpp") + rel("csrc/*/*.cu"),
+        include_dirs=[CSRC],
         extra_compile_args={"cxx": cxx + defines, "nvcc": nvcc},
     )
 

@@ -4,7 +4,7 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(segops, m) {
-  // ---- roi: RoI pooling (SPEC §1) ----
+  // ---- roi: RoI pooling (docs/ops/roi.md) ----
   m.def(
       "roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
       "SymInt pooled_width, int sampling_ratio, bool aligned) -> Tensor");
@@ -32,7 +32,7 @@ TORCH_LIBRARY(segops, m) {
       "SymInt[] heights, SymInt[] widths, int sampling_ratio, bool aligned, "
       "float[] level_areas, bool all_levels) -> Tensor[]");
 
-  // ---- nms: suppression (SPEC §2). Outputs are padded to a capacity (max_out = -1: N)
+  // ---- nms: suppression (docs/ops/nms.md). Outputs are padded to a capacity (max_out = -1: N)
   // with a count, so that CUDA needs no host synchronisation; segops.nms slices them.
   m.def(
       "nms(Tensor boxes, Tensor scores, float iou_threshold, int max_out=-1) "
@@ -48,7 +48,7 @@ TORCH_LIBRARY(segops, m) {
       "matrix_nms(Tensor masks, Tensor labels, Tensor scores, str kernel, float sigma) "
       "-> Tensor");
 
-  // ---- masks: YOLACT assembly, Mask R-CNN pasting (SPEC §3) ----
+  // ---- masks: YOLACT assembly, Mask R-CNN pasting (docs/ops/masks.md) ----
   m.def("assemble_masks(Tensor protos, Tensor coeffs, Tensor boxes, int padding) -> Tensor");
   m.def(
       "assemble_masks_upsampled(Tensor protos, Tensor coeffs, Tensor boxes, int padding, "
@@ -57,14 +57,14 @@ TORCH_LIBRARY(segops, m) {
       "paste_masks(Tensor masks, Tensor boxes, SymInt height, SymInt width, float? threshold, "
       "str mode) -> Tensor");
 
-  // ---- cluster: SpatialEmbeddings' Gaussian seed clustering (SPEC §4). xs [W], ys [H]:
+  // ---- cluster: SpatialEmbeddings' Gaussian seed clustering (docs/ops/cluster.md). xs [W], ys [H]:
   // the coordinate map; max_instances = -1: unbounded (scores exactly sized).
   m.def(
       "cluster_seeds(Tensor prediction, Tensor xs, Tensor ys, int n_sigma, float threshold, "
       "float seed_threshold, int min_pixels, int max_instances) "
       "-> (Tensor instance_map, Tensor scores, Tensor count)");
 
-  // ---- patches: BPR boundary patch extraction, crop and reassembly (SPEC §5) ----
+  // ---- patches: BPR boundary patch extraction, crop and reassembly (docs/ops/patches.md) ----
   m.def(
       "boundary_patches(Tensor masks, int patch_size, float iou_threshold, int max_out=-1) "
       "-> (Tensor boxes, Tensor instance_index, Tensor scores, Tensor count)");

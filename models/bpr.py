@@ -1,5 +1,5 @@
 """BPR, Boundary Patch Refinement (Tang et al., CVPR 2021), a thin definition on segops' ops
-(SPEC §5, "Refinement pipeline").
+(docs/models.md, "BPR").
 
 BPR post-processes the instance masks of any detector: it cuts small square patches along
 each predicted boundary, refines each patch with a binary segmentation net that sees the
@@ -210,7 +210,7 @@ class BPRResult(NamedTuple):
 
 
 class BPRRefiner(nn.Module):
-    """Boundary patch refinement of the instance masks of one image (SPEC §5).
+    """Boundary patch refinement of the instance masks of one image (docs/models.md).
 
     Pipeline: :func:`segops.boundary_patches` (``patch_size``, ``iou_threshold``) ->
     :func:`segops.crop_patches` (``output_size=input_size``) -> image patch normalised

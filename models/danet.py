@@ -1,4 +1,4 @@
-"""DANet, Dual Attention Network (Fu et al., CVPR 2019), a thin definition (SPEC §6).
+"""DANet, Dual Attention Network (Fu et al., CVPR 2019), a thin definition (docs/models.md).
 
 Two self-attention modules on a stride-8 feature map ``X`` of shape ``[B, C, H, W]``
 (``N = H * W`` positions), as in the released ``PAM_Module`` / ``CAM_Module``:

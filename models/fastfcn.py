@@ -1,4 +1,4 @@
-"""FastFCN's Joint Pyramid Upsampling (Wu et al., 2019), a thin definition (SPEC §6).
+"""FastFCN's Joint Pyramid Upsampling (Wu et al., 2019), a thin definition (docs/models.md).
 
 FastFCN replaces the dilated convolutions of the backbone's last two stages by an ordinary
 (strided) backbone plus :class:`JPU`, which turns the stride-8, -16 and -32 features into

@@ -1,4 +1,4 @@
-"""Gated-SCNN (Takikawa et al., ICCV 2019), a thin definition (SPEC §6): the gated
+"""Gated-SCNN (Takikawa et al., ICCV 2019), a thin definition (docs/models.md): the gated
 convolution, the shape stream and the dual-task loss.
 
 * :class:`GatedSpatialConv` (the released ``GatedSpatialConv2d``): for shape-stream features

@@ -1,4 +1,4 @@
-"""Mask R-CNN RoI heads (He et al., ICCV 2017) on an FPN, a thin definition (SPEC §6).
+"""Mask R-CNN RoI heads (He et al., ICCV 2017) on an FPN, a thin definition (docs/models.md).
 
 Everything here is ordinary PyTorch except the steps segops accelerates: RoI pooling over
 P2..P5 in one launch with :func:`segops.multilevel_roi_align` (``mode="assign"``,

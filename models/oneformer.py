@@ -1,4 +1,4 @@
-"""OneFormer (Jain et al., CVPR 2023), a thin definition (SPEC §6): the task token, the
+"""OneFormer (Jain et al., CVPR 2023), a thin definition (docs/models.md): the task token, the
 task-conditioned queries, Mask2Former's masked-attention decoder and the inference fusion.
 
 * **Task token.** The text ``"the task is {task}"`` (task in ``semantic``, ``instance``,
@@ -23,7 +23,7 @@ task-conditioned queries, Mask2Former's masked-attention decoder and the inferen
   ``instance_inference``, ``panoptic_inference``): the release loops over queries with
   ``.item()`` calls; here every rule is vectorised and performs no host synchronisation, so
   each function traces under ``torch.compile(fullgraph=True)``. Panoptic output has a
-  data-dependent number of segments and is returned padded to ``N`` plus a count (SPEC §0).
+  data-dependent number of segments and is returned padded to ``N`` plus a count (docs/ops/conventions.md).
 
 Not included: backbone, pixel decoder (multi-scale deformable attention), the text mapper and
 the query-text contrastive loss (training only), matching and the mask losses.

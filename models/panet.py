@@ -1,4 +1,4 @@
-"""PANet, Path Aggregation Network (Liu et al., CVPR 2018), a thin definition (SPEC §6).
+"""PANet, Path Aggregation Network (Liu et al., CVPR 2018), a thin definition (docs/models.md).
 
 PANet's three additions to Mask R-CNN on an FPN, on segops' ops:
 

@@ -1,6 +1,6 @@
 """PSSL, Pseudo Semantic Segmentation Labels (Li et al., "Distilling ensemble of
 explanations for weakly-supervised pre-training of image segmentation models", Machine
-Learning 2022), a thin definition (SPEC §6).
+Learning 2022), a thin definition (docs/models.md).
 
 PSSL pre-trains a segmentation network on an image-classification dataset: each image's
 explanations (e.g. SmoothGrad maps) from ``M`` different classifiers are ensembled into a

@@ -1,4 +1,4 @@
-"""SpatialEmbeddings (Neven et al., CVPR 2019), a thin definition on segops' ops (SPEC §4, §6).
+"""SpatialEmbeddings (Neven et al., CVPR 2019), a thin definition on segops' ops (docs/models.md).
 
 Everything here is ordinary PyTorch except the step segops accelerates: inference clusters
 the network's prediction with :func:`segops.cluster_seeds` (the greedy seed loop of the
@@ -12,10 +12,10 @@ The architecture and loss follow davyneven/SpatialEmbeddings:
   are the original's, so a released ``BranchedERFNet`` state dict loads as is (strip
   ``module.`` from a ``DataParallel`` checkpoint). ``width`` scales every channel count
   (16 / 64 / 128 at ``width=1``) so that tests can run small.
-* Initialisation (the original's ``init_output``, SPEC §6): the offset+sigma decoder's output
+* Initialisation (the original's ``init_output``, docs/models.md): the offset+sigma decoder's output
   transposed conv has weight 0 for all ``2 + n_sigma`` channels, bias 0 for the two offsets
   and bias 1 for sigma -- offsets start at 0 and sigma at 1 whatever the input.
-* :class:`SpatialEmbLoss`: the original's loss (SPEC §4) -- background seed loss, per
+* :class:`SpatialEmbLoss`: the original's loss (docs/models.md) -- background seed loss, per
   instance a sigma-smoothness term, a Gaussian ``dist`` around the instance centre scored by
   the Lovász hinge on ``2 * dist - 1``, and a foreground seed loss regressing the seed map
   to ``dist.detach()``.

@@ -1,5 +1,5 @@
 """SpatialEmbeddings' coordinate map, the binary Lovász hinge (Berman et al.) and
-:class:`SpatialEmbLoss` (SPEC §4): part of :mod:`segops.models.spatial_embeddings`, which
+:class:`SpatialEmbLoss` (docs/models.md): part of :mod:`segops.models.spatial_embeddings`, which
 re-exports everything here (see its docstring for the loss's differences from the original)."""
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def lovasz_hinge(logits: Tensor, labels: Tensor, per_image: bool = True) -> Tens
 
 
 class SpatialEmbLoss(nn.Module):
-    """SpatialEmbeddings' loss (SPEC §4), averaged over the batch; returns a scalar.
+    """SpatialEmbeddings' loss (docs/models.md), averaged over the batch; returns a scalar.
 
     For each image (``emb = tanh(offsets) + xy`` with :func:`coordinate_map`,
     ``seed = sigmoid(seed logit)``):

@@ -1,4 +1,4 @@
-"""YOLACT (Bolya et al., ICCV 2019), a thin definition on segops' ops (SPEC §6).
+"""YOLACT (Bolya et al., ICCV 2019), a thin definition on segops' ops (docs/models.md).
 
 Everything here is ordinary PyTorch except the two steps segops accelerates:
 

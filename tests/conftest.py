@@ -73,14 +73,14 @@ def device(request) -> str:
 
 
 # SEGOPS_CUDA_EMU=1: every segops op call is also run through the CUDA kernels on the CPU
-# emulator and compared with the CPU result (tests/cuda_emu_shadow.py, tools/cuda_emu);
+# emulator and compared with the CPU result (tests/helpers/cuda_emu_shadow.py, tools/cuda_emu);
 # SEGOPS_CUDA_EMU_SEED=<n> shuffles the emulated block and thread order.
 _CUDA_EMU = os.environ.get("SEGOPS_CUDA_EMU", "") not in ("", "0")
 
 
 @pytest.fixture(scope="session")
 def _cuda_emu_module():
-    from cuda_emu_shadow import load
+    from helpers.cuda_emu_shadow import load
 
     return load(seed=int(os.environ.get("SEGOPS_CUDA_EMU_SEED", "0")))
 
@@ -90,7 +90,7 @@ def _cuda_emu_shadow(request):
     if not _CUDA_EMU or request.node.get_closest_marker("no_cuda_emu") is not None:
         yield
         return
-    from cuda_emu_shadow import Shadow
+    from helpers.cuda_emu_shadow import Shadow
 
     request.getfixturevalue("_cuda_emu_module")
     with Shadow():
@@ -100,7 +100,7 @@ def _cuda_emu_shadow(request):
 def pytest_terminal_summary(terminalreporter):
     if not _CUDA_EMU:
         return
-    from cuda_emu_shadow import calls
+    from helpers.cuda_emu_shadow import calls
 
     total = sum(calls.values())
     terminalreporter.write_line(
@@ -114,7 +114,7 @@ def pytest_terminal_summary(terminalreporter):
 def pytest_sessionfinish(session, exitstatus):
     """A shadowed run that compared nothing must not pass."""
     if _CUDA_EMU and exitstatus == 0 and session.testscollected:
-        from cuda_emu_shadow import calls
+        from helpers.cuda_emu_shadow import calls
 
         if sum(calls.values()) == 0:
             session.exitstatus = 1

@@ -12,14 +12,14 @@ CXX=${CXX:-g++}
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 py_include=$("$PYTHON" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 common=(-std=c++17 -fsyntax-only -Wall -Werror -isystem "$T" -isystem
-        "$T/torch/csrc/api/include" -isystem "$py_include")
+        "$T/torch/csrc/api/include" -isystem "$py_include" -Icsrc)
 n=0
-for f in csrc/*.cpp csrc/cpu/*.cpp; do
+for f in csrc/*.cpp csrc/*/checks.cpp csrc/*/cpu.cpp; do
   echo "$CXX -std=c++17 $f"
   "$CXX" "${common[@]}" -fopenmp "$f"
   n=$((n + 1))
 done
-for f in csrc/cuda/*.cpp csrc/segops.cpp; do
+for f in csrc/*/cuda.cpp csrc/segops.cpp; do
   echo "$CXX -std=c++17 -DSEGOPS_WITH_CUDA $f"
   "$CXX" "${common[@]}" -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE -DSEGOPS_WITH_CUDA \
     -DSEGOPS_CUDA_ARCHS=9.0 -isystem "$CUDA_HOME/include" "$f"

@@ -1,4 +1,4 @@
-// Box IoU and the per-element rules of the suppression family (SPEC §2), shared by the
+// Box IoU and the per-element rules of the suppression family (docs/ops/nms.md), shared by the
 // CPU and CUDA kernels. Torch-free.
 #pragma once
 

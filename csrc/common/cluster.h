@@ -1,4 +1,4 @@
-// Gaussian seed clustering (SpatialEmbeddings, SPEC §4): per-pixel math shared by the CPU
+// Gaussian seed clustering (SpatialEmbeddings, docs/ops/cluster.md): per-pixel math shared by the CPU
 // and CUDA kernels. Torch-free; every transcendental is portable (portable_math.h), so the
 // two devices make the same seed, mask and proposal decisions bit for bit.
 #pragma once

@@ -1,4 +1,4 @@
-// Masks family (SPEC §3), per-element math shared by the CPU and CUDA kernels. Torch-free.
+// Masks family (docs/ops/masks.md), per-element math shared by the CPU and CUDA kernels. Torch-free.
 //
 // Every function here is evaluated operation by operation in acc_t (float32, or float64 for
 // float64 data) with no fused multiply-add (CPU: -ffp-contract=off; CUDA: --fmad=false) and
@@ -16,7 +16,7 @@ namespace segops {
 // The integer indices [begin, end) of an axis of `size` pixels that YOLACT's crop keeps for
 // relative coordinates b1, b2: lo = clamp(min(b1, b2) * S - padding, min=0),
 // hi = clamp(max(b1, b2) * S + padding, max=S), i kept iff lo <= i < hi. A NaN or infinite
-// coordinate gives an empty range (SPEC §0: a non-finite box is empty).
+// coordinate gives an empty range (docs/ops/conventions.md: a non-finite box is empty).
 struct IndexRange {
   int64_t begin, end;
   SEGOPS_HOST_DEVICE bool contains(int64_t i) const { return begin <= i && i < end; }

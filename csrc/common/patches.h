@@ -1,4 +1,4 @@
-// Boundary patch refinement (BPR, SPEC §5): per-element rules shared by the CPU and CUDA
+// Boundary patch refinement (BPR, docs/ops/patches.md): per-element rules shared by the CPU and CUDA
 // kernels. Torch-free. Patch geometry is integer arithmetic; the IoU test divides in
 // float64 on both devices, the boundary score in float32.
 #pragma once

@@ -1,6 +1,6 @@
 // RoIAlign per-element math, shared by the CPU and CUDA kernels. Torch-free.
 //
-// Geometry and bilinear rules are torchvision's (SPEC §1), written once here:
+// Geometry and bilinear rules are torchvision's (docs/ops/roi.md), written once here:
 //  * the box geometry is computed in G (the input dtype for float/double, float for
 //    half types), in exactly torchvision's order of operations;
 //  * a sample's contribution is separable, w = w_y * w_x, so the per-axis rules live in

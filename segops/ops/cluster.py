@@ -1,4 +1,4 @@
-"""Gaussian seed clustering: SpatialEmbeddings' test-time instance clustering (SPEC §4)."""
+"""Gaussian seed clustering: SpatialEmbeddings' test-time instance clustering (docs/ops/cluster.md)."""
 
 from __future__ import annotations
 

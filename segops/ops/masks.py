@@ -1,4 +1,4 @@
-"""Masks: YOLACT prototype assembly and Mask R-CNN mask pasting (SPEC §3)."""
+"""Masks: YOLACT prototype assembly and Mask R-CNN mask pasting (docs/ops/masks.md)."""
 
 from __future__ import annotations
 

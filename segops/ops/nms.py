@@ -1,4 +1,4 @@
-"""Suppression: `nms`, `batched_nms`, YOLACT's `fast_nms`, SOLOv2's `matrix_nms` (SPEC §2).
+"""Suppression: `nms`, `batched_nms`, YOLACT's `fast_nms`, SOLOv2's `matrix_nms` (docs/ops/nms.md).
 
 Every op has a sync-free form: with a capacity (`max_out=` for nms/batched_nms,
 `padded=True` for fast_nms) outputs are fixed-size, padded, with a count tensor; on CUDA

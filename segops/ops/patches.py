@@ -1,4 +1,4 @@
-"""BPR boundary patch refinement: extraction, crop and reassembly (SPEC §5)."""
+"""BPR boundary patch refinement: extraction, crop and reassembly (docs/ops/patches.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RoI pooling: `roi_align`, `roi_pool` and `multilevel_roi_align` (SPEC §1), drop-in for
+"""RoI pooling: `roi_align`, `roi_pool` and `multilevel_roi_align` (docs/ops/roi.md), drop-in for
 torchvision's `roi_align`, `roi_pool` and `MultiScaleRoIAlign`."""
 
 from __future__ import annotations

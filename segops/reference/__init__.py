@@ -1,4 +1,4 @@
-"""Pure-PyTorch references: the executable form of SPEC.md and the tests' oracle."""
+"""Pure-PyTorch references: the executable form of docs/ops/ and the tests' oracle."""
 
 from .roi import multilevel_roi_align, roi_align, roi_pool
 

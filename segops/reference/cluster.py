@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference for SpatialEmbeddings' seed clustering (SPEC §4).
+"""Pure-PyTorch reference for SpatialEmbeddings' seed clustering (docs/ops/cluster.md).
 
 The executable form of the spec and the oracle the tests compare the kernel against. It is
 the greedy loop of SpatialEmbeddings' ``Cluster.cluster`` (``src/utils/utils.py``) written
@@ -224,7 +224,7 @@ def cluster_seeds(prediction: Tensor, n_sigma: int = 1, threshold: float = 0.5,
                   grid: Sequence[int] = (1024, 2048), extent: Sequence[float] = (1.0, 2.0),
                   max_instances: Optional[int] = None
                   ) -> Union[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor, Tensor]]:
-    """Reference SpatialEmbeddings clustering (SPEC §4).
+    """Reference SpatialEmbeddings clustering (docs/ops/cluster.md).
 
     Args:
         prediction: ``Tensor[3 + n_sigma, H, W]``: offsets (x, y), sigma (``n_sigma``

@@ -1,4 +1,4 @@
-"""Pure-PyTorch references for the mask ops (SPEC §3).
+"""Pure-PyTorch references for the mask ops (docs/ops/masks.md).
 
 The executable form of the spec and the oracle the tests compare the kernels against. Written
 to be read first; vectorised where that costs nothing in clarity.
@@ -16,7 +16,7 @@ to be read first; vectorised where that costs nothing in clarity.
   the boxes' dtype promoted to at least float32 (float64 boxes stay float64); the integer
   index ``i`` is kept iff ``lo <= i < hi``. With ``S = 13`` and ``b1 = float32(11/13)`` as the
   left edge, ``b1 * 13`` rounds to exactly 11 in float32, so column 10 is kept (in float64 it
-  would not be). A box with a NaN or infinite coordinate is empty (SPEC §0; YOLACT's
+  would not be). A box with a NaN or infinite coordinate is empty (docs/ops/conventions.md; YOLACT's
   arithmetic would give NaN an empty and -inf/+inf a full-width crop);
 * ``permute(2, 0, 1)`` to ``[N, H, W]``;
 * with ``image_size=(h, w)``: ``F.interpolate(cropped[None], (h, w), mode="bilinear",
@@ -97,7 +97,7 @@ _MODES = ("detectron2", "torchvision")
 
 
 def _acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """float64 if any of the dtypes is float64, else float32 (SPEC §0 compute dtype)."""
+    """float64 if any of the dtypes is float64, else float32 (docs/ops/conventions.md compute dtype)."""
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
@@ -163,14 +163,14 @@ def yolact_crop(masks: Tensor, boxes: Tensor, padding: int = 1) -> Tensor:
     rows = torch.arange(h, dtype=geo, device=masks.device).view(-1, 1, 1)
     keep = ((cols >= x_lo.view(1, 1, -1)) & (cols < x_hi.view(1, 1, -1))
             & (rows >= y_lo.view(1, 1, -1)) & (rows < y_hi.view(1, 1, -1)))
-    keep &= torch.isfinite(b).all(1).view(1, 1, -1)  # SPEC §0: a non-finite box is empty
+    keep &= torch.isfinite(b).all(1).view(1, 1, -1)  # docs/ops/conventions.md: a non-finite box is empty
     return torch.where(keep, masks, torch.zeros_like(masks))
 
 
 def assemble_masks(protos: Tensor, coeffs: Tensor, boxes: Tensor, padding: int = 1, *,
                    image_size: Union[None, int, Sequence[int]] = None,
                    threshold: float = 0.5) -> Tensor:
-    """Reference YOLACT mask assembly (SPEC §3).
+    """Reference YOLACT mask assembly (docs/ops/masks.md).
 
     Args:
         protos: ``Tensor[H, W, k]`` prototypes (YOLACT's layout).
@@ -292,7 +292,7 @@ def _paste_torchvision(masks: Tensor, boxes: Tensor, H: int, W: int) -> Tensor:
 
 def paste_masks(masks: Tensor, boxes: Tensor, image_size: Union[int, Sequence[int]],
                 threshold: Optional[float] = 0.5, mode: str = "detectron2") -> Tensor:
-    """Reference mask pasting (SPEC §3).
+    """Reference mask pasting (docs/ops/masks.md).
 
     Args:
         masks: ``Tensor[N, Mh, Mw]`` or ``Tensor[N, 1, Mh, Mw]`` of probabilities.

@@ -1,4 +1,4 @@
-"""Pure-PyTorch references for the suppression ops (SPEC §2).
+"""Pure-PyTorch references for the suppression ops (docs/ops/nms.md).
 
 These are the executable form of the spec and the oracle the tests compare the kernels
 against. They are written to be read, and vectorised enough to serve as the baseline of the

@@ -1,4 +1,4 @@
-"""Pure-PyTorch references for the boundary patch ops of BPR (SPEC §5).
+"""Pure-PyTorch references for the boundary patch ops of BPR (docs/ops/patches.md).
 
 The executable form of the spec and the oracle the tests compare the kernels against. Written
 to be read first: one Python loop over the instances (and over the kept boxes of the NMS, or
@@ -210,7 +210,7 @@ def shift_into_image(lo: Tensor, p: int, size: int) -> Tuple[Tensor, Tensor]:
 
 def boundary_patches(masks: Tensor, patch_size: int = 64, iou_threshold: float = 0.25,
                      max_out: Optional[int] = None):
-    """Reference boundary patch proposals (SPEC §5).
+    """Reference boundary patch proposals (docs/ops/patches.md).
 
     Args:
         masks: ``Tensor[N, H, W]`` bool (or integer, nonzero = foreground), one per instance.
@@ -288,7 +288,7 @@ def crop_mask(mask: Tensor, box: Sequence[int]) -> Tensor:
 
 def crop_patches(images: Tensor, masks: Tensor, boxes: Tensor, instance_index: Tensor,
                  batch_index: Tensor, output_size: Union[int, Tuple[int, int]] = 256):
-    """Reference patch cropping (SPEC §5).
+    """Reference patch cropping (docs/ops/patches.md).
 
     Args:
         images: ``Tensor[B, C, H, W]`` float32/float64/float16/bfloat16.
@@ -363,7 +363,7 @@ def resize_probs(prob: Tensor, bh: int, bw: int) -> Tensor:
 
 def reassemble_patches(masks: Tensor, patch_probs: Tensor, boxes: Tensor,
                        instance_index: Tensor, threshold: float = 0.5) -> Tensor:
-    """Reference reassembly of refined patches (SPEC §5).
+    """Reference reassembly of refined patches (docs/ops/patches.md).
 
     Args:
         masks: ``Tensor[N, H, W]`` bool (or integer, nonzero = foreground), the coarse masks.

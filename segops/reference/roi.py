@@ -1,4 +1,4 @@
-"""Pure-PyTorch references for the RoI pooling ops (SPEC §1).
+"""Pure-PyTorch references for the RoI pooling ops (docs/ops/roi.md).
 
 These are the executable form of the spec and the oracle the tests compare the kernels
 against, values and (through autograd) gradients. They are written to be read:
@@ -208,7 +208,7 @@ def _roi_align_one(feat: Tensor, box: Tensor, scale: Tensor, pooled_h: int, pool
 def roi_align(input: Tensor, boxes: BoxesType, output_size: Union[int, Tuple[int, int]],
               spatial_scale: float = 1.0, sampling_ratio: int = -1,
               aligned: bool = False) -> Tensor:
-    """Reference RoIAlign (torchvision semantics, SPEC §1). Differentiable w.r.t. ``input``.
+    """Reference RoIAlign (torchvision semantics, docs/ops/roi.md). Differentiable w.r.t. ``input``.
 
     Args:
         input: ``Tensor[N, C, H, W]``, float32/float64/float16/bfloat16.
@@ -313,7 +313,7 @@ def roi_pool_with_argmax(input: Tensor, boxes: BoxesType,
 
 def roi_pool(input: Tensor, boxes: BoxesType, output_size: Union[int, Tuple[int, int]],
              spatial_scale: float = 1.0) -> Tensor:
-    """Reference RoIPool (torchvision semantics, SPEC §1). Differentiable w.r.t. ``input``:
+    """Reference RoIPool (torchvision semantics, docs/ops/roi.md). Differentiable w.r.t. ``input``:
     each output's gradient goes to its argmax pixel.
 
     Args:
@@ -373,7 +373,7 @@ def multilevel_roi_align(features: Sequence[Tensor], boxes: BoxesType,
                          spatial_scales: Sequence[float], sampling_ratio: int = -1,
                          aligned: bool = False, canonical_scale: float = 224,
                          canonical_level: int = 4, mode: str = "assign") -> Tensor:
-    """Reference multilevel RoIAlign (SPEC §1): :func:`roi_align` per level.
+    """Reference multilevel RoIAlign (docs/ops/roi.md): :func:`roi_align` per level.
 
     ``mode="assign"`` (torchvision's ``MultiScaleRoIAlign``): RoI k is pooled from level
     ``map_levels(...)[k]`` with that level's scale; ``[K, C, h, w]``. The LevelMapper runs

@@ -1,6 +1,7 @@
 """Build segops' CUDA kernels and glue for the CPU emulator (tools/cuda_emu).
 
-The sources in csrc/cuda are compiled with g++ against the shim headers in ``include/``:
+The CUDA sources of every family (csrc/<family>/*.cu and the glue csrc/<family>/cuda.cpp)
+are compiled with g++ against the shim headers in ``include/``:
 ``.cu`` files get their ``kernel<<<grid, block, shared, stream>>>(args)`` launches rewritten
 to ``cuda_emu::launch(...)`` and ``extern __shared__`` arrays pointed at the emulator's
 dynamic shared memory; the glue's ``TORCH_LIBRARY_IMPL(segops, CUDA, m)`` registers on CPU
@@ -19,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-CUDA_SRC = ROOT / "csrc" / "cuda"
+CSRC = ROOT / "csrc"
 BUILD = ROOT / "build" / "cuda_emu"
 
 _LAUNCH = re.compile(
@@ -37,7 +38,7 @@ _NAME_BEFORE_PAREN = re.compile(r"(~?\w+|operator\s*\(\s*\)|operator\s*[\w\s]+?)
 
 def _function_bodies(text: str) -> dict[str, str]:
     """Name -> body of every __global__ / __device__ function defined in `text` (bodies of
-    same-named functions concatenated). Enough C++ for csrc/cuda: a function's body is the
+    same-named functions concatenated). Enough C++ for segops' kernels: a function's body is the
     brace-matched block after its qualifier; declarations (`;` first) have none."""
     text = _COMMENT.sub("", text)
     bodies: dict[str, str] = {}
@@ -109,26 +110,33 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 def generate() -> list[str]:
-    """Writes the translated sources under build/cuda_emu/src; returns every source."""
+    """Writes the translated sources under build/cuda_emu/src; returns every source.
+
+    Each is named <family>_<file>.emu.cpp (JIT builds name objects by file name alone) and
+    includes as the real build does, from csrc/.
+    """
     out = BUILD / "src"
     out.mkdir(parents=True, exist_ok=True)
     sources = [str(HERE / "runtime.cpp")]
-    kernels = sorted(CUDA_SRC.glob("*.cu")) + [HERE / "selftest.cu"]
+    kernels = sorted(CSRC.glob("*/*.cu")) + [HERE / "selftest.cu"]
     sync = synchronising_functions(
-        [p.read_text() for p in kernels + sorted(CUDA_SRC.glob("*.cuh"))]
+        [p.read_text() for p in kernels + sorted(CSRC.glob("*/*.cuh"))]
     )
-    for src in kernels + sorted(CUDA_SRC.glob("*.cpp")):
+    for src in kernels + sorted(CSRC.glob("*/cuda.cpp")):
         text = src.read_text()
         if src.suffix == ".cu":
             text = translate_kernel_source(text, sync)
         else:
             text = translate_glue_source(text)
-        dst = out / (src.name + ".emu.cpp")
+        dst = out / f"{src.parent.name}_{src.name}.emu.cpp"
         _write_if_changed(dst, f'#line 1 "{src}"\n' + text)
         sources.append(str(dst))
     # The schema and the shared argument checks, as they are (renamed by -Dsegops=segops_emu).
-    sources.append(str(ROOT / "csrc" / "schema.cpp"))
-    sources += [str(p) for p in sorted((ROOT / "csrc").glob("*_checks.cpp"))]
+    sources.append(str(CSRC / "schema.cpp"))
+    for src in sorted(CSRC.glob("*/checks.cpp")):
+        dst = out / f"{src.parent.name}_checks.emu.cpp"
+        _write_if_changed(dst, f'#include "{src.parent.name}/checks.cpp"\n')
+        sources.append(str(dst))
     return sources
 
 
@@ -155,7 +163,7 @@ def load(verbose: bool = False):
     return load_extension(
         name="segops_cuda_emu",
         sources=sources,
-        extra_include_paths=[str(HERE / "include"), str(CUDA_SRC)],
+        extra_include_paths=[str(HERE / "include"), str(CSRC)],
         extra_cflags=flags,
         extra_ldflags=["-fsanitize=address"] if asan else [],
         build_directory=str(build_dir),

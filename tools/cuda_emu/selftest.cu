@@ -1,5 +1,5 @@
 // Self-test kernels for the CUDA emulator (tools/cuda_emu): written as CUDA, translated by
-// build.py like csrc/cuda, run through cuda_emu.selftest(name) from tests/test_cuda_emu.py.
+// build.py like the kernels in csrc/<family>/, run through cuda_emu.selftest(name) from tests/test_cuda_emu.py.
 // Each case returns "" when the emulator behaved as a GPU would, else what went wrong.
 #include <cuda_runtime_api.h>
 

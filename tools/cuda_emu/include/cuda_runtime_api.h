@@ -1,5 +1,5 @@
 // CUDA emulation on the CPU (tools/cuda_emu): the subset of the CUDA runtime and device
-// language that segops' torch-free kernels use, so that csrc/cuda compiles with g++ and its
+// language that segops' torch-free kernels use, so that the kernels in csrc/<family>/ compile with g++ and its
 // kernels run on host memory. Each block's threads run as fibers (runtime.cpp), switching
 // only at __syncthreads() and warp votes; see tools/cuda_emu/README.md for what this checks
 // and what it cannot.

@@ -1,0 +1,208 @@
+// Suppression family, CUDA glue. Sorting, gathering and compaction are ATen ops on the
+// device; the kernels (nms_kernel.cu) do the IoU work. Nothing here reads a device value
+// on the host, so every op is free of host synchronisation.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/all.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/clamp_max.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/floor_divide.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/isnan.h>
+#include <ATen/ops/max.h>
+#include <ATen/ops/searchsorted.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "nms/checks.h"
+#include "core/cuda_glue.h"
+#include "nms/launch.h"
+
+namespace segops {
+namespace {
+
+at::Tensor stable_order(const at::Tensor& key, bool descending, int64_t dim = 0) {
+  return std::get<1>(at::sort(key, /*stable=*/true, dim, descending));
+}
+
+// The first `capacity` positions (in `order`) whose flag is set, padded with -1, and their
+// count: a stable sort moves flagged entries first without reading anything back.
+std::tuple<at::Tensor, at::Tensor> compact(const at::Tensor& flags, const at::Tensor& order,
+                                           int64_t capacity) {
+  const int64_t n = flags.size(0);
+  const at::Tensor first = stable_order(flags.logical_not().to(at::kByte), false);
+  const at::Tensor count = flags.sum().clamp_max(capacity);
+  const int64_t take = std::min(n, capacity);
+  at::Tensor out = at::full({capacity}, -1, order.options());
+  const at::Tensor slot = at::arange(take, order.options());
+  const at::Tensor picked = order.index_select(0, first.narrow(0, 0, take));
+  out.narrow(0, 0, take).copy_(at::where(slot.lt(count), picked, -1));
+  return {out, count};
+}
+
+std::tuple<at::Tensor, at::Tensor> batched_nms_cuda(const at::Tensor& boxes,
+                                                    const at::Tensor& scores,
+                                                    const c10::optional<at::Tensor>& idxs,
+                                                    double iou_threshold, int64_t max_out,
+                                                    const char* op) {
+  check_nms_inputs(op, boxes, scores, idxs, max_out);
+  const c10::cuda::CUDAGuard guard(boxes.device());
+  const int64_t n = boxes.size(0);
+  const int64_t capacity = max_out < 0 ? n : max_out;
+  const auto longs = boxes.options().dtype(at::kLong);
+  if (n == 0 || capacity == 0)
+    return {at::full({capacity}, -1, longs), at::zeros({}, longs)};
+  const at::Tensor b = boxes.to(compute_dtype(boxes.scalar_type()));
+  const at::Tensor present = at::isfinite(b).all(1).logical_and(at::isnan(scores).logical_not());
+  // Global order: score descending, ties by index. Processing order: class-major within it.
+  const at::Tensor by_score = stable_order(scores, true);
+  at::Tensor order = by_score;
+  at::Tensor cls_sorted = at::zeros({n}, longs);
+  if (idxs.has_value()) {
+    const at::Tensor cls = idxs->to(at::kLong).index_select(0, by_score);
+    const at::Tensor by_class = stable_order(cls, false);
+    order = by_score.index_select(0, by_class);
+    cls_sorted = cls.index_select(0, by_class);
+  }
+  const at::Tensor seg_end = at::searchsorted(cls_sorted, cls_sorted, /*out_int32=*/false,
+                                              /*right=*/true);
+  const at::Tensor sorted_boxes = b.index_select(0, order).contiguous();
+  const at::Tensor valid = present.index_select(0, order).to(at::kByte).contiguous();
+  const int64_t words = cuda::nms_words(n);
+  at::Tensor mask = at::empty({cuda::nms_chunk_rows(n) * words}, longs);
+  at::Tensor removed = at::zeros({words}, longs);
+  at::Tensor keep = at::zeros({n}, boxes.options().dtype(at::kByte));
+  C10_CUDA_CHECK(cuda::nms_sorted(
+      b.scalar_type() == at::kDouble, sorted_boxes.const_data_ptr(),
+      seg_end.const_data_ptr<int64_t>(), valid.const_data_ptr<uint8_t>(), n, iou_threshold,
+      reinterpret_cast<uint64_t*>(mask.mutable_data_ptr<int64_t>()),
+      reinterpret_cast<uint64_t*>(removed.mutable_data_ptr<int64_t>()),
+      keep.mutable_data_ptr<uint8_t>(), c10::cuda::getCurrentCUDAStream()));
+  // Back to the global score order (through the inverse permutation), then compact.
+  const at::Tensor kept = keep.to(at::kBool).index_select(0, stable_order(order, false));
+  return compact(kept.index_select(0, by_score), by_score, capacity);
+}
+
+std::tuple<at::Tensor, at::Tensor> nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
+                                            double iou_threshold, int64_t max_out) {
+  return batched_nms_cuda(boxes, scores, c10::nullopt, iou_threshold, max_out, "nms");
+}
+
+std::tuple<at::Tensor, at::Tensor> batched_nms_op_cuda(const at::Tensor& boxes,
+                                                       const at::Tensor& scores,
+                                                       const at::Tensor& idxs,
+                                                       double iou_threshold, int64_t max_out) {
+  return batched_nms_cuda(boxes, scores, idxs, iou_threshold, max_out, "batched_nms");
+}
+
+// Fast NMS keep flags for candidates [C, D] (anchor indices into boxes).
+at::Tensor fast_nms_keep(const at::Tensor& b, const at::Tensor& cand, double iou_threshold) {
+  const int64_t C = cand.size(0), D = cand.size(1);
+  const at::Tensor cb = b.index_select(0, cand.reshape(-1)).view({C, D, 4});
+  // (x2 - x1) * (y2 - y1), as box_area computes it
+  const at::Tensor area = cb.select(2, 2).sub(cb.select(2, 0)).mul(cb.select(2, 3).sub(cb.select(2, 1)));
+  const at::Tensor cols = at::cat({cb.permute({0, 2, 1}), area.unsqueeze(1)}, 1).contiguous();
+  at::Tensor keep = at::zeros({C, D}, b.options().dtype(at::kByte));
+  if (C * D > 0)
+    C10_CUDA_CHECK(cuda::fast_nms_keep(b.scalar_type() == at::kDouble, cols.const_data_ptr(), C, D,
+                                       iou_threshold, keep.mutable_data_ptr<uint8_t>(),
+                                       c10::cuda::getCurrentCUDAStream()));
+  return keep.to(at::kBool);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fast_nms_cuda(
+    const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold, int64_t top_k,
+    double score_threshold, int64_t max_detections, bool cross_class, bool second_threshold) {
+  check_fast_nms_inputs(boxes, scores, top_k, max_detections);
+  const c10::cuda::CUDAGuard guard(boxes.device());
+  const int64_t C = scores.size(0), N = scores.size(1);
+  const int64_t capacity = cross_class ? top_k : max_detections;
+  const auto longs = boxes.options().dtype(at::kLong);
+  // top_k == 0 leaves no candidates: the gathers below would index empty tensors.
+  if (C * N == 0 || capacity == 0 || top_k == 0)
+    return {at::full({capacity}, -1, longs), at::full({capacity}, -1, longs),
+            at::zeros({capacity}, scores.options()), at::zeros({}, longs)};
+  const at::Tensor b = boxes.to(compute_dtype(boxes.scalar_type()));
+  const double iou_t = as_dtype(iou_threshold, b.scalar_type());
+  const double score_t = as_dtype(score_threshold, scores.scalar_type());
+  // Prefilter (NaN-propagating max, as torch.max) and drop non-finite boxes.
+  auto [best, best_cls] = at::max(scores, 0);
+  const at::Tensor pre = best.gt(score_t).logical_and(at::isfinite(b).all(1));
+  const at::Tensor npre = pre.sum();
+  const int64_t D = std::min(top_k, N);
+  const at::Tensor rank_ok = at::arange(D, longs).lt(npre);  // rank r is a candidate iff r < npre
+  // Per-row candidate order: prefiltered first, then score descending, ties by index.
+  auto ranked = [&](const at::Tensor& s) {  // s: [R, N] -> anchors [R, D]
+    const at::Tensor by_score = stable_order(s, true, 1);
+    const at::Tensor out = pre.index_select(0, by_score.reshape(-1)).view_as(by_score);
+    const at::Tensor first = stable_order(out.logical_not().to(at::kByte), false, 1);
+    return by_score.gather(1, first).narrow(1, 0, D);
+  };
+  const at::Tensor cand = cross_class ? ranked(best.unsqueeze(0)) : ranked(scores);  // [R, D]
+  const at::Tensor cand_scores =
+      cross_class ? best.index_select(0, cand.reshape(-1)).view_as(cand) : scores.gather(1, cand);
+  at::Tensor keep = fast_nms_keep(b, cand, iou_t).logical_and(rank_ok.unsqueeze(0));
+  if (second_threshold) keep = keep.logical_and(cand_scores.gt(score_t));
+  if (cross_class) {
+    // Output in rank order, classes = argmax.
+    auto [idx, count] = compact(keep.reshape(-1), cand.reshape(-1), capacity);
+    const at::Tensor valid = idx.ge(0);
+    const at::Tensor safe = idx.clamp_min(0);
+    return {idx, at::where(valid, best_cls.index_select(0, safe), -1),
+            at::where(valid, best.index_select(0, safe), 0), count};
+  }
+  // Merge: class-major order, then a stable descending sort by score among kept entries.
+  const at::Tensor flat_keep = keep.reshape(-1);
+  const at::Tensor flat_scores = cand_scores.reshape(-1);
+  const at::Tensor by_score = stable_order(flat_scores, true);
+  const at::Tensor kept_first =
+      stable_order(flat_keep.index_select(0, by_score).logical_not().to(at::kByte), false);
+  const at::Tensor order = by_score.index_select(0, kept_first);  // positions in [C * D]
+  auto [pos, count] = compact(flat_keep.index_select(0, order), order, capacity);
+  const at::Tensor valid = pos.ge(0);
+  const at::Tensor safe = pos.clamp_min(0);
+  return {at::where(valid, cand.reshape(-1).index_select(0, safe), -1),
+          at::where(valid, at::floor_divide(safe, D), -1),
+          at::where(valid, flat_scores.index_select(0, safe), 0), count};
+}
+
+at::Tensor matrix_nms_cuda(const at::Tensor& masks, const at::Tensor& labels,
+                           const at::Tensor& scores, c10::string_view kernel, double sigma) {
+  const bool gaussian = check_matrix_nms_inputs(masks, labels, scores, kernel, sigma);
+  const c10::cuda::CUDAGuard guard(masks.device());
+  const int64_t n = masks.size(0), p = masks.size(1) * masks.size(2);
+  if (n == 0) return at::empty({0}, scores.options());
+  const bool f64 = scores.scalar_type() == at::kDouble;
+  const at::Tensor order = stable_order(scores, true);
+  const at::Tensor m = masks.index_select(0, order).ne(0).to(at::kByte).reshape({n, p}).contiguous();
+  const at::Tensor lab = labels.to(at::kLong).index_select(0, order).contiguous();
+  at::Tensor scratch = at::empty({std::max<int64_t>(cuda::matrix_nms_scratch_bytes(f64, n, p), 1)},
+                                 masks.options().dtype(at::kByte));
+  const auto g = f64 ? at::kDouble : at::kFloat;
+  at::Tensor decay = at::empty({n}, scores.options().dtype(g));
+  C10_CUDA_CHECK(cuda::matrix_nms_decay(f64, m.const_data_ptr<uint8_t>(),
+                                        lab.const_data_ptr<int64_t>(), n, p, gaussian, sigma,
+                                        scratch.mutable_data_ptr(), decay.mutable_data_ptr(),
+                                        c10::cuda::getCurrentCUDAStream()));
+  // score * decay in the IoU dtype, back to the input order.
+  const at::Tensor updated = scores.index_select(0, order).to(g).mul(decay).to(scores.scalar_type());
+  return updated.index_select(0, stable_order(order, false));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(segops, CUDA, m) {
+  m.impl("nms", &nms_cuda);
+  m.impl("batched_nms", &batched_nms_op_cuda);
+  m.impl("fast_nms", &fast_nms_cuda);
+  m.impl("matrix_nms", &matrix_nms_cuda);
+}
+
+}  // namespace segops

@@ -1,0 +1,413 @@
+// RoI family on the CPU: roi_align, roi_pool, multilevel_roi_align and their backward ops.
+//
+// Forward kernels parallelise over (RoI, channel) pairs (multilevel: (slot, channel), see
+// common/roi_levels.h). Backward kernels parallelise over channels: planes of different
+// channels never overlap, so each task scatters (or, in deterministic mode, gathers) into
+// its own planes (of every level) with no atomics and in a fixed order.
+// Deterministic mode takes the gather form the deterministic CUDA kernel takes, so the
+// two devices agree bit for bit there.
+#include <ATen/Context.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include "roi/checks.h"
+#include "common/roi_align.h"
+#include "common/roi_levels.h"
+#include "common/roi_pool.h"
+
+namespace segops {
+namespace {
+
+// Runs fn(c_begin, c_end) over channel chunks in parallel.
+template <typename Fn>
+void for_channels(int64_t channels, int64_t work_per_channel, Fn&& fn) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(work_per_channel, 1));
+  at::parallel_for(0, channels, grain, fn);
+}
+
+// Accumulators for a backward: float for half types, else the gradient's own dtype.
+at::Tensor grad_accumulator(const at::Tensor& grad, int64_t n, int64_t c, int64_t h, int64_t w) {
+  return at::zeros({n, c, h, w}, grad.options().dtype(compute_dtype(grad.scalar_type())));
+}
+
+// One RoI's geometry with its samples' interpolations precomputed along each axis, so
+// that the per-channel loops only load and multiply.
+template <typename G>
+struct RoIAlignSamples {
+  RoIAlignGeometry<G> g{};
+  std::vector<Interp1D<G>> y, x;  // samples [first, last) of each axis
+
+  void reset(const RoIAlignGeometry<G>& geometry) {
+    g = geometry;
+    fill(g.y, y);
+    fill(g.x, x);
+  }
+  static void fill(const RoIAxis<G>& a, std::vector<Interp1D<G>>& out) {
+    out.resize(a.last - a.first);
+    for (int64_t s = a.first; s < a.last; ++s) out[s - a.first] = a.interp(a.pos(s));
+  }
+  auto yi() const {
+    return [this](int64_t s) { return y[s - g.y.first]; };
+  }
+  auto xi() const {
+    return [this](int64_t s) { return x[s - g.x.first]; };
+  }
+};
+
+// Gather backward shared by roi_align and roi_pool (deterministic mode): for each channel,
+// RoIs in index order add their gradient at every pixel of their footprint.
+template <typename A, typename Footprint, typename GradAt>
+void gather_backward(A* out, int64_t K, int64_t C, int64_t H, int64_t W, Footprint&& footprint,
+                     GradAt&& grad_at) {
+  for_channels(C, K * 64, [&](int64_t c0, int64_t c1) {
+    for (int64_t r = 0; r < K; ++r) {
+      int64_t n, y0, y1, x0, x1;
+      footprint(r, n, y0, y1, x0, x1);
+      if (n < 0) continue;
+      for (int64_t c = c0; c < c1; ++c) {
+        A* plane = out + (n * C + c) * H * W;
+        for (int64_t y = y0; y < y1; ++y)
+          for (int64_t x = x0; x < x1; ++x) plane[y * W + x] += grad_at(r, c, y, x);
+      }
+    }
+  });
+}
+
+at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
+                                 double spatial_scale, int64_t pooled_h, int64_t pooled_w,
+                                 int64_t sampling_ratio, bool aligned) {
+  check_roi_forward("roi_align", input, rois, spatial_scale, pooled_h, pooled_w);
+  const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t K = rois.size(0);
+  check_batch_indices(rois, N, "roi_align");
+  at::Tensor out = at::zeros({K, C, pooled_h, pooled_w}, input.options());
+  if (out.numel() == 0 || H == 0 || W == 0) return out;
+  const at::Tensor x = input.contiguous();
+  const at::Tensor r = rois_for_geometry(rois, input.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "roi_align", [&] {
+    using G = acc_t<scalar_t>;
+    const scalar_t* in = x.const_data_ptr<scalar_t>();
+    const G* boxes = r.const_data_ptr<G>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    const int64_t bins = pooled_h * pooled_w;
+    at::parallel_for(0, K * C, std::max<int64_t>(1, 4096 / bins), [&](int64_t b, int64_t e) {
+      int64_t k_geom = -1;
+      RoIAlignSamples<G> rs;
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t k = i / C, c = i % C;
+        if (k != k_geom) {
+          rs.reset(roi_align_geometry<G>(boxes + k * 5, static_cast<G>(spatial_scale), pooled_h,
+                                         pooled_w, sampling_ratio, aligned, N, H, W));
+          k_geom = k;
+        }
+        if (rs.g.empty) continue;
+        const scalar_t* plane = in + (rs.g.batch * C + c) * H * W;
+        for (int64_t ph = 0; ph < pooled_h; ++ph)
+          for (int64_t pw = 0; pw < pooled_w; ++pw)
+            o[i * bins + ph * pooled_w + pw] = static_cast<scalar_t>(
+                roi_align_bin<scalar_t, G, acc_t<scalar_t>>(plane, rs.g, ph, pw, rs.yi(), rs.xi()));
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
+                                  double spatial_scale, int64_t pooled_h, int64_t pooled_w,
+                                  int64_t batch_size, int64_t channels, int64_t height,
+                                  int64_t width, int64_t sampling_ratio, bool aligned) {
+  check_roi_backward("_roi_align_backward", grad, rois, spatial_scale, pooled_h, pooled_w,
+                     batch_size, channels, height, width);
+  check_batch_indices(rois, batch_size, "_roi_align_backward");
+  const int64_t K = rois.size(0), C = channels, H = height, W = width;
+  at::Tensor acc = grad_accumulator(grad, batch_size, C, H, W);
+  if (K == 0 || acc.numel() == 0 || pooled_h * pooled_w == 0)
+    return acc.to(grad.scalar_type());
+  const at::Tensor gr = grad.contiguous();
+  const at::Tensor r = rois_for_geometry(rois, grad.scalar_type());
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gr.scalar_type(), "roi_align_bwd", [&] {
+    using G = acc_t<scalar_t>;
+    using A = acc_t<scalar_t>;
+    const scalar_t* go = gr.const_data_ptr<scalar_t>();
+    const G* boxes = r.const_data_ptr<G>();
+    A* out = acc.mutable_data_ptr<A>();
+    const int64_t bins = pooled_h * pooled_w;
+    auto geometry = [&](int64_t k) {
+      return roi_align_geometry<G>(boxes + k * 5, static_cast<G>(spatial_scale), pooled_h,
+                                   pooled_w, sampling_ratio, aligned, batch_size, H, W);
+    };
+    if (deterministic) {
+      std::vector<RoIAlignGeometry<G>> geoms(K);
+      for (int64_t k = 0; k < K; ++k) geoms[k] = geometry(k);
+      gather_backward(
+          out, K, C, H, W,
+          [&](int64_t k, int64_t& n, int64_t& y0, int64_t& y1, int64_t& x0, int64_t& x1) {
+            const auto& g = geoms[k];
+            n = g.empty ? -1 : g.batch;
+            g.y.footprint(y0, y1);
+            g.x.footprint(x0, x1);
+          },
+          [&](int64_t k, int64_t c, int64_t y, int64_t x) {
+            return roi_align_grad_at<scalar_t, G>(go + (k * C + c) * bins, geoms[k], y, x);
+          });
+      return;
+    }
+    for_channels(C, K * bins, [&](int64_t c0, int64_t c1) {
+      RoIAlignSamples<G> rs;
+      for (int64_t k = 0; k < K; ++k) {
+        rs.reset(geometry(k));
+        if (rs.g.empty) continue;
+        for (int64_t c = c0; c < c1; ++c) {
+          A* plane = out + (rs.g.batch * C + c) * H * W;
+          const scalar_t* gk = go + (k * C + c) * bins;
+          for (int64_t ph = 0; ph < pooled_h; ++ph)
+            for (int64_t pw = 0; pw < pooled_w; ++pw)
+              roi_align_bin_scatter(rs.g, ph, pw, static_cast<A>(gk[ph * pooled_w + pw]),
+                                    [&](int64_t i, A v) { plane[i] += v; }, rs.yi(), rs.xi());
+        }
+      }
+    });
+  });
+  return acc.to(grad.scalar_type());
+}
+
+at::Tensor multilevel_roi_align_forward_cpu(at::TensorList features, const at::Tensor& rois,
+                                            at::ArrayRef<double> spatial_scales,
+                                            int64_t pooled_h, int64_t pooled_w,
+                                            int64_t sampling_ratio, bool aligned,
+                                            at::ArrayRef<double> level_areas, bool all_levels) {
+  const char* op = "multilevel_roi_align";
+  const MultiLevelRoIAlign p =
+      check_multilevel_forward(op, features, rois, spatial_scales, pooled_h, pooled_w,
+                               sampling_ratio, aligned, level_areas, all_levels);
+  check_batch_indices(rois, p.batch, op);
+  std::vector<int64_t> shape = {p.rois, p.channels, pooled_h, pooled_w};
+  if (all_levels) shape.insert(shape.begin(), p.levels);
+  at::Tensor out = at::zeros(shape, features[0].options());
+  if (out.numel() == 0) return out;
+  std::vector<at::Tensor> xs;
+  for (const at::Tensor& f : features) xs.push_back(f.contiguous());
+  const at::ScalarType dtype = xs[0].scalar_type();
+  const at::Tensor r = rois_for_geometry(rois, dtype);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "multilevel_roi_align", [&] {
+    using G = acc_t<scalar_t>;
+    std::vector<const scalar_t*> in;
+    for (const at::Tensor& x : xs) in.push_back(x.const_data_ptr<scalar_t>());
+    const G* boxes = r.const_data_ptr<G>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    const int64_t C = p.channels, bins = pooled_h * pooled_w;
+    const int64_t grain = std::max<int64_t>(1, 4096 / bins);
+    at::parallel_for(0, p.slots() * C, grain, [&](int64_t b, int64_t e) {
+      int64_t s_geom = -1, level = 0;
+      RoIAlignSamples<G> rs;
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t s = i / C, c = i % C;
+        if (s != s_geom) {
+          rs.reset(p.geometry<G>(boxes, s, level));
+          s_geom = s;
+        }
+        if (rs.g.empty) continue;
+        const scalar_t* plane =
+            in[level] + (rs.g.batch * C + c) * p.height[level] * p.width[level];
+        for (int64_t ph = 0; ph < pooled_h; ++ph)
+          for (int64_t pw = 0; pw < pooled_w; ++pw)
+            o[i * bins + ph * pooled_w + pw] = static_cast<scalar_t>(
+                roi_align_bin<scalar_t, G, acc_t<scalar_t>>(plane, rs.g, ph, pw, rs.yi(), rs.xi()));
+      }
+    });
+  });
+  return out;
+}
+
+// One gradient per level. Deterministic mode gathers (each pixel sums its level's slots in
+// slot order, as the deterministic CUDA kernel); otherwise channel tasks scatter.
+std::vector<at::Tensor> multilevel_roi_align_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& rois, at::ArrayRef<double> spatial_scales,
+    int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
+    at::IntArrayRef heights, at::IntArrayRef widths, int64_t sampling_ratio, bool aligned,
+    at::ArrayRef<double> level_areas, bool all_levels) {
+  const char* op = "_multilevel_roi_align_backward";
+  const MultiLevelRoIAlign p = check_multilevel_backward(
+      op, grad, rois, spatial_scales, pooled_h, pooled_w, batch_size, channels, heights, widths,
+      sampling_ratio, aligned, level_areas, all_levels);
+  check_batch_indices(rois, batch_size, op);
+  const int64_t L = p.levels, C = channels, bins = pooled_h * pooled_w;
+  std::vector<at::Tensor> acc;
+  for (int64_t l = 0; l < L; ++l)
+    acc.push_back(grad_accumulator(grad, batch_size, C, p.height[l], p.width[l]));
+  auto result = [&] {
+    std::vector<at::Tensor> out;
+    for (const at::Tensor& a : acc) out.push_back(a.to(grad.scalar_type()));
+    return out;
+  };
+  if (p.slots() == 0 || batch_size * C == 0 || bins == 0) return result();
+  const at::Tensor gr = grad.contiguous();
+  const at::Tensor r = rois_for_geometry(rois, grad.scalar_type());
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  const at::ScalarType dtype = gr.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "multilevel_roi_align_bwd", [&] {
+    using G = acc_t<scalar_t>;
+    using A = acc_t<scalar_t>;
+    const scalar_t* go = gr.const_data_ptr<scalar_t>();
+    const G* boxes = r.const_data_ptr<G>();
+    std::vector<A*> out;
+    for (at::Tensor& a : acc) out.push_back(a.mutable_data_ptr<A>());
+    const int64_t S = p.slots();
+    // The plane of level `l`, image `n`, channel `c`.
+    auto plane = [&](int64_t l, int64_t n, int64_t c) {
+      return out[l] + (n * C + c) * p.height[l] * p.width[l];
+    };
+    if (deterministic) {
+      std::vector<RoIAlignGeometry<G>> geoms(S);
+      std::vector<int64_t> levels(S);
+      for (int64_t s = 0; s < S; ++s) geoms[s] = p.geometry<G>(boxes, s, levels[s]);
+      for_channels(C, S * 64, [&](int64_t c0, int64_t c1) {
+        for (int64_t s = 0; s < S; ++s) {
+          const RoIAlignGeometry<G>& g = geoms[s];
+          if (g.empty) continue;
+          int64_t y0, y1, x0, x1;
+          g.y.footprint(y0, y1);
+          g.x.footprint(x0, x1);
+          const int64_t W = p.width[levels[s]];
+          for (int64_t c = c0; c < c1; ++c) {
+            A* pl = plane(levels[s], g.batch, c);
+            const scalar_t* gs = go + (s * C + c) * bins;
+            for (int64_t y = y0; y < y1; ++y)
+              for (int64_t x = x0; x < x1; ++x)
+                pl[y * W + x] += roi_align_grad_at<scalar_t, G>(gs, g, y, x);
+          }
+        }
+      });
+      return;
+    }
+    for_channels(C, S * bins, [&](int64_t c0, int64_t c1) {
+      RoIAlignSamples<G> rs;
+      int64_t level = 0;
+      for (int64_t s = 0; s < S; ++s) {
+        rs.reset(p.geometry<G>(boxes, s, level));
+        if (rs.g.empty) continue;
+        for (int64_t c = c0; c < c1; ++c) {
+          A* pl = plane(level, rs.g.batch, c);
+          const scalar_t* gs = go + (s * C + c) * bins;
+          for (int64_t ph = 0; ph < pooled_h; ++ph)
+            for (int64_t pw = 0; pw < pooled_w; ++pw)
+              roi_align_bin_scatter(rs.g, ph, pw, static_cast<A>(gs[ph * pooled_w + pw]),
+                                    [&](int64_t i, A v) { pl[i] += v; }, rs.yi(), rs.xi());
+        }
+      }
+    });
+  });
+  return result();
+}
+
+std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
+                                                        const at::Tensor& rois,
+                                                        double spatial_scale, int64_t pooled_h,
+                                                        int64_t pooled_w) {
+  check_roi_forward("roi_pool", input, rois, spatial_scale, pooled_h, pooled_w);
+  const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t K = rois.size(0);
+  check_batch_indices(rois, N, "roi_pool");
+  at::Tensor out = at::zeros({K, C, pooled_h, pooled_w}, input.options());
+  at::Tensor argmax = at::full({K, C, pooled_h, pooled_w}, -1, input.options().dtype(at::kLong));
+  if (out.numel() == 0) return {out, argmax};
+  const at::Tensor x = input.contiguous();
+  const at::Tensor r = rois_for_geometry(rois, input.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "roi_pool", [&] {
+    using G = acc_t<scalar_t>;
+    const scalar_t* in = x.const_data_ptr<scalar_t>();
+    const G* boxes = r.const_data_ptr<G>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    int64_t* am = argmax.mutable_data_ptr<int64_t>();
+    const int64_t bins = pooled_h * pooled_w;
+    at::parallel_for(0, K * C, std::max<int64_t>(1, 4096 / bins), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t k = i / C, c = i % C;
+        const RoIPoolGeometry<G> g = roi_pool_geometry<G>(
+            boxes + k * 5, static_cast<G>(spatial_scale), pooled_h, pooled_w, N, H, W);
+        if (g.batch < 0) continue;
+        const scalar_t* plane = in + (g.batch * C + c) * H * W;
+        for (int64_t j = 0; j < bins; ++j)
+          o[i * bins + j] = static_cast<scalar_t>(
+              roi_pool_bin<scalar_t, G>(plane, g, j / pooled_w, j % pooled_w, am[i * bins + j]));
+      }
+    });
+  });
+  return {out, argmax};
+}
+
+at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
+                                 const at::Tensor& argmax, double spatial_scale, int64_t pooled_h,
+                                 int64_t pooled_w, int64_t batch_size, int64_t channels,
+                                 int64_t height, int64_t width) {
+  check_roi_backward("_roi_pool_backward", grad, rois, spatial_scale, pooled_h, pooled_w,
+                     batch_size, channels, height, width);
+  check_argmax("_roi_pool_backward", grad, argmax);
+  check_batch_indices(rois, batch_size, "_roi_pool_backward");
+  const int64_t K = rois.size(0), C = channels, H = height, W = width;
+  at::Tensor acc = grad_accumulator(grad, batch_size, C, H, W);
+  if (K == 0 || acc.numel() == 0 || pooled_h * pooled_w == 0)
+    return acc.to(grad.scalar_type());
+  const at::Tensor gr = grad.contiguous();
+  const at::Tensor am = argmax.contiguous();
+  const at::Tensor r = rois_for_geometry(rois, grad.scalar_type());
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gr.scalar_type(), "roi_pool_bwd", [&] {
+    using G = acc_t<scalar_t>;
+    using A = acc_t<scalar_t>;
+    const scalar_t* go = gr.const_data_ptr<scalar_t>();
+    const int64_t* idx = am.const_data_ptr<int64_t>();
+    const G* boxes = r.const_data_ptr<G>();
+    A* out = acc.mutable_data_ptr<A>();
+    const int64_t bins = pooled_h * pooled_w;
+    std::vector<RoIPoolGeometry<G>> geoms(K);
+    for (int64_t k = 0; k < K; ++k)
+      geoms[k] = roi_pool_geometry<G>(boxes + k * 5, static_cast<G>(spatial_scale), pooled_h,
+                                      pooled_w, batch_size, H, W);
+    if (deterministic) {
+      gather_backward(
+          out, K, C, H, W,
+          [&](int64_t k, int64_t& n, int64_t& y0, int64_t& y1, int64_t& x0, int64_t& x1) {
+            n = geoms[k].batch;
+            roi_pool_footprint(geoms[k], y0, y1, x0, x1);
+          },
+          [&](int64_t k, int64_t c, int64_t y, int64_t x) {
+            const int64_t o = (k * C + c) * bins;
+            return roi_pool_grad_at<scalar_t, G>(go + o, idx + o, geoms[k], y, x);
+          });
+      return;
+    }
+    for_channels(C, K * bins, [&](int64_t c0, int64_t c1) {
+      for (int64_t k = 0; k < K; ++k) {
+        if (geoms[k].batch < 0) continue;
+        for (int64_t c = c0; c < c1; ++c) {
+          A* plane = out + (geoms[k].batch * C + c) * H * W;
+          const int64_t o = (k * C + c) * bins;
+          for (int64_t j = 0; j < bins; ++j) {
+            const int64_t a = idx[o + j];
+            if (a >= 0 && a < H * W) plane[a] += static_cast<A>(go[o + j]);
+          }
+        }
+      }
+    });
+  });
+  return acc.to(grad.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(segops, CPU, m) {
+  m.impl("roi_align", &roi_align_forward_cpu);
+  m.impl("_roi_align_backward", &roi_align_backward_cpu);
+  m.impl("multilevel_roi_align", &multilevel_roi_align_forward_cpu);
+  m.impl("_multilevel_roi_align_backward", &multilevel_roi_align_backward_cpu);
+  m.impl("roi_pool", &roi_pool_forward_cpu);
+  m.impl("_roi_pool_backward", &roi_pool_backward_cpu);
+}
+
+}  // namespace segops
