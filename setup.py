@@ -1,5 +1,10 @@
 """Builds segops._C: C++ always; CUDA too when torch has CUDA and a toolkit is found.
 
+segops is compiled against the torch that will run it, so torch is not a build requirement
+in pyproject.toml: install torch first, then build without isolation
+(`pip install --no-build-isolation segops`, or `-e .` in a checkout). Metadata-only steps
+(`python -m build --sdist`, egg_info) need no torch.
+
 Environment:
   SEGOPS_DISABLE_CUDA=1   CPU-only build even with a CUDA torch.
   CUDA_HOME               the toolkit (must contain include/cuda_runtime_api.h).
@@ -9,11 +14,24 @@ Environment:
 
 import glob
 import os
+import sys
 
 from setuptools import setup
 
-import torch
-from torch.utils import cpp_extension
+# Commands that compile the extension (and so need torch); others only write metadata.
+_BUILD_COMMANDS = {"build", "build_ext", "bdist_wheel", "install", "develop", "editable_wheel"}
+try:
+    import torch
+    from torch.utils import cpp_extension
+except ImportError:
+    if _BUILD_COMMANDS & set(sys.argv[1:]):
+        raise SystemExit(
+            "segops: building the extension needs torch, and the torch that will run segops: "
+            "install torch first, then build without build isolation, e.g. "
+            "`pip install --no-build-isolation segops` (or `pip install --no-build-isolation "
+            "-e .` in a source checkout)."
+        ) from None
+    torch = None
 
 DEFAULT_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -56,9 +74,15 @@ def extension():
     if torch.backends.openmp.is_available():
         cxx.append("-fopenmp")
     # No -std here: torch's own flags pick it (C++17 for torch 2.11, C++20 for 2.13).
+    # The torch version compiled against, as character codes (any character is safe on a
+    # compiler command line that way); csrc/segops.cpp embeds it in segops._C.
+    version_defines = [
+        "-DSEGOPS_TORCH_VERSION_CHARS=" + ",".join(str(ord(c)) for c in torch.__version__)
+    ]
     if not want_cuda():
         return cpp_extension.CppExtension(
-            "segops._C", sources, include_dirs=[CSRC], extra_compile_args={"cxx": cxx}
+            "segops._C", sources, include_dirs=[CSRC],
+            extra_compile_args={"cxx": cxx + version_defines},
         )
     if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
@@ -68,7 +92,7 @@ def extension():
     # The arch list travels as a shell-safe token (ninja runs the compiler through a shell,
     # where ';' and quotes would break the command); csrc/segops.cpp stringifies it.
     token = ",".join(a for a in archs.replace(";", " ").replace(",", " ").split() if a)
-    defines = ["-DSEGOPS_WITH_CUDA", f"-DSEGOPS_CUDA_ARCHS={token}"]
+    defines = [*version_defines, "-DSEGOPS_WITH_CUDA", f"-DSEGOPS_CUDA_ARCHS={token}"]
     # --fmad=false: the shared geometry (box corners, bins, sample positions) must round
     # exactly as on the CPU, or CUDA and CPU could disagree on a sample count.
     # The kernels need no defines (and nvcc would split the arch token at its commas).
@@ -84,6 +108,10 @@ def extension():
 setup(
     packages=["segops", "segops.ops", "segops.reference", "segops.models"],
     package_dir={"segops": "segops", "segops.models": "models"},
-    ext_modules=[extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    ext_modules=[extension()] if torch is not None else [],
+    cmdclass=(
+        {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+        if torch is not None
+        else {}
+    ),
 )

@@ -6,17 +6,19 @@ loads; the functions below are their documented, validated entry points.
 
 import torch  # noqa: F401  (loads libtorch before the extension)
 
-from . import _C  # registers torch.ops.segops.*
+from ._extension import TorchVersionWarning, load as _load
+from ._version import __version__
+
+_C = _load()  # registers torch.ops.segops.*; a clear error if it cannot load under this torch
 from .ops.cluster import cluster_seeds
 from .ops.masks import assemble_masks, paste_masks
 from .ops.patches import boundary_patches, crop_patches, reassemble_patches
 from .ops.nms import batched_nms, fast_nms, matrix_nms, nms
 from .ops.roi import RoIAlign, RoIPool, multilevel_roi_align, roi_align, roi_pool
 
-__version__ = "0.1.0"
-
 __all__ = [
     "RoIAlign",
+    "TorchVersionWarning",
     "RoIPool",
     "assemble_masks",
     "batched_nms",

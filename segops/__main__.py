@@ -17,7 +17,10 @@ def op_table() -> list[tuple[str, bool, bool]]:
 
 def main() -> None:
     print(f"segops {segops.__version__}")
-    print(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
+    print(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}), running")
+    built = _C.torch_version() or "unknown"
+    same = built.split("+")[0] == torch.__version__.split("+")[0]
+    print(f"torch {built}, compiled against{'' if same else ' (a different release)'}")
     if _C.with_cuda():
         print(f"segops CUDA: yes, CUDA {_C.cuda_version()}, archs {_C.cuda_arch_list()}")
     else:
