@@ -6,28 +6,28 @@
 TORCH_LIBRARY(segops, m) {
   // ---- roi: RoI pooling (docs/ops/roi.md) ----
   m.def(
-      "roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
+      "roi_align(Tensor input, Tensor boxes, float spatial_scale, SymInt pooled_height, "
       "SymInt pooled_width, int sampling_ratio, bool aligned) -> Tensor");
   m.def(
-      "_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, "
+      "_roi_align_backward(Tensor grad, Tensor boxes, float spatial_scale, SymInt pooled_height, "
       "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, "
       "int sampling_ratio, bool aligned) -> Tensor");
   m.def(
-      "roi_pool(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
+      "roi_pool(Tensor input, Tensor boxes, float spatial_scale, SymInt pooled_height, "
       "SymInt pooled_width) -> (Tensor, Tensor)");
   m.def(
-      "_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, "
+      "_roi_pool_backward(Tensor grad, Tensor boxes, Tensor argmax, float spatial_scale, "
       "SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, "
       "SymInt height, SymInt width) -> Tensor");
   // One launch over all FPN levels. level_areas: the L - 1 ascending areas at which levels
   // 1..L-1 start (assign mode, see csrc/common/roi_levels.h); empty with all_levels, where
   // the output is [L, K, C, h, w]. The backward returns one gradient per level.
   m.def(
-      "multilevel_roi_align(Tensor[] features, Tensor rois, float[] spatial_scales, "
+      "multilevel_roi_align(Tensor[] features, Tensor boxes, float[] spatial_scales, "
       "SymInt pooled_height, SymInt pooled_width, int sampling_ratio, bool aligned, "
       "float[] level_areas, bool all_levels) -> Tensor");
   m.def(
-      "_multilevel_roi_align_backward(Tensor grad, Tensor rois, float[] spatial_scales, "
+      "_multilevel_roi_align_backward(Tensor grad, Tensor boxes, float[] spatial_scales, "
       "SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, "
       "SymInt[] heights, SymInt[] widths, int sampling_ratio, bool aligned, "
       "float[] level_areas, bool all_levels) -> Tensor[]");

@@ -1,7 +1,8 @@
 """segops: exact, fast C++/CUDA kernels for instance segmentation.
 
 Ops are registered as `torch.ops.segops.*` dispatcher ops when the compiled library
-loads; the functions below are their documented, validated entry points.
+loads; the functions below are their documented entry points, one module per family
+(`segops.ops.<family>`), re-exported here from each family's `__all__`.
 """
 
 import torch  # noqa: F401  (loads libtorch before the extension)
@@ -10,28 +11,15 @@ from ._extension import TorchVersionWarning, load as _load
 from ._version import __version__
 
 _C = _load()  # registers torch.ops.segops.*; a clear error if it cannot load under this torch
-from .ops.cluster import cluster_seeds
-from .ops.masks import assemble_masks, paste_masks
-from .ops.patches import boundary_patches, crop_patches, reassemble_patches
-from .ops.nms import batched_nms, fast_nms, matrix_nms, nms
-from .ops.roi import RoIAlign, RoIPool, multilevel_roi_align, roi_align, roi_pool
 
-__all__ = [
-    "RoIAlign",
-    "TorchVersionWarning",
-    "RoIPool",
-    "assemble_masks",
-    "batched_nms",
-    "boundary_patches",
-    "cluster_seeds",
-    "crop_patches",
-    "fast_nms",
-    "matrix_nms",
-    "multilevel_roi_align",
-    "nms",
-    "paste_masks",
-    "reassemble_patches",
-    "roi_align",
-    "roi_pool",
-    "__version__",
-]
+from .ops import cluster as _cluster, masks as _masks, nms as _nms  # noqa: E402
+from .ops import patches as _patches, roi as _roi  # noqa: E402
+from .ops.cluster import *  # noqa: E402,F401,F403
+from .ops.masks import *  # noqa: E402,F401,F403
+from .ops.nms import *  # noqa: E402,F401,F403
+from .ops.patches import *  # noqa: E402,F401,F403
+from .ops.roi import *  # noqa: E402,F401,F403
+
+__all__ = sorted(
+    [*_roi.__all__, *_nms.__all__, *_masks.__all__, *_cluster.__all__, *_patches.__all__]
+) + ["TorchVersionWarning", "__version__"]

@@ -28,8 +28,7 @@ inline void check_cluster(const char* op, const at::Tensor& prediction, const at
   check_not_nan(threshold, op, "threshold");
   check_not_nan(seed_threshold, op, "seed_threshold");
   check_nonneg(min_pixels, op, "min_pixels");
-  TORCH_CHECK_VALUE(max_instances >= -1, op,
-                    ": `max_instances` must be >= 0 (or -1 for no limit), got ", max_instances);
+  check_capacity(max_instances, op, "max_instances");
 }
 
 }  // namespace segops

@@ -31,6 +31,21 @@ inline void check_assemble(const char* op, const at::Tensor& protos, const at::T
   check_same_device(protos, boxes, op, "protos", "boxes");
 }
 
+// assemble_masks_upsampled: check_assemble's, an image size, a threshold that is not NaN, and
+// prototypes to resize from whenever there is anything to resize to.
+inline void check_assemble_upsampled(const char* op, const at::Tensor& protos,
+                                     const at::Tensor& coeffs, const at::Tensor& boxes,
+                                     int64_t height, int64_t width, double threshold) {
+  check_assemble(op, protos, coeffs, boxes);
+  check_size_pair(height, width, op, "image_size");
+  check_output_size(op, "image_size", {coeffs.size(0), height, width}, 1);
+  check_not_nan(threshold, op, "threshold");
+  TORCH_CHECK_VALUE(coeffs.size(0) * height * width == 0 ||
+                        (protos.size(0) > 0 && protos.size(1) > 0),
+                    op, ": `protos` must have H, W >= 1 to be resized, got shape ",
+                    protos.sizes());
+}
+
 // The threshold rounded to `dtype` (through its accumulation type), as torch rounds the
 // scalar of `tensor > threshold`; exact in the kernels' accumulation type.
 inline double rounded_threshold(double t, at::ScalarType dtype) {
@@ -57,8 +72,9 @@ inline PasteMode check_paste(const char* op, const at::Tensor& masks, const at::
                     op, ": `boxes` must be [N, 4] with N = masks.shape[0] = ", masks.size(0),
                     ", got shape ", boxes.sizes());
   check_same_device(masks, boxes, op, "masks", "boxes");
-  check_nonneg(height, op, "image_size (height)");
-  check_nonneg(width, op, "image_size (width)");
+  check_size_pair(height, width, op, "image_size");
+  check_output_size(op, "image_size", {masks.size(0), height, width},
+                    threshold.has_value() ? 1 : masks.element_size());
   if (threshold.has_value()) check_not_nan(*threshold, op, "threshold");
   if (mode == "detectron2") return PasteMode::Detectron2;
   TORCH_CHECK_VALUE(mode == "torchvision", op,

@@ -191,18 +191,10 @@ at::Tensor assemble_masks_upsampled_cpu(const at::Tensor& protos, const at::Tens
                                         const at::Tensor& boxes, int64_t padding, int64_t height,
                                         int64_t width, double threshold) {
   const char* op = "assemble_masks_upsampled";
-  check_assemble(op, protos, coeffs, boxes);
-  check_nonneg(height, op, "image_size (height)");
-  check_nonneg(width, op, "image_size (width)");
-  check_not_nan(threshold, op, "threshold");
+  check_assemble_upsampled(op, protos, coeffs, boxes, height, width, threshold);
   const int64_t n = coeffs.size(0), h = protos.size(0), w = protos.size(1);
   at::Tensor out = empty_output({n, height, width}, protos.options().dtype(at::kBool));
   if (out.numel() == 0) return out;
-  if (h == 0 || w == 0) {
-    // No source pixels: F.interpolate would refuse; every value is the empty crop's 0.
-    TORCH_CHECK_VALUE(false, op, ": `protos` must have H, W >= 1 to be resized, got shape ",
-                      protos.sizes());
-  }
   const at::Tensor b = geometry_boxes(boxes);
   const at::Tensor cropped = assemble_cropped(protos, coeffs, b, padding);
   dispatch_assemble(protos, b, [&](auto t, auto g) {

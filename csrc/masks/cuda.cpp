@@ -44,16 +44,11 @@ at::Tensor assemble_masks_upsampled_cuda(const at::Tensor& protos, const at::Ten
                                          const at::Tensor& boxes, int64_t padding,
                                          int64_t height, int64_t width, double threshold) {
   const char* op = "assemble_masks_upsampled";
-  check_assemble(op, protos, coeffs, boxes);
-  check_nonneg(height, op, "image_size (height)");
-  check_nonneg(width, op, "image_size (width)");
-  check_not_nan(threshold, op, "threshold");
+  check_assemble_upsampled(op, protos, coeffs, boxes, height, width, threshold);
   const c10::cuda::CUDAGuard guard(protos.device());
   const auto a = assemble_args(protos, coeffs, boxes, padding);
   at::Tensor out = at::empty({a.n, height, width}, protos.options().dtype(at::kBool));
   if (out.numel() == 0) return out;
-  TORCH_CHECK_VALUE(a.h > 0 && a.w > 0, op,
-                    ": `protos` must have H, W >= 1 to be resized, got shape ", protos.sizes());
   const at::Tensor cropped = assemble_cropped(protos, coeffs, boxes, padding);
   C10_CUDA_CHECK(cuda::upsample_masks(cuda_dtype(cropped), a, cropped.const_data_ptr(), height,
                                       width, rounded_threshold(threshold, protos.scalar_type()),

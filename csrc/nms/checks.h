@@ -20,9 +20,11 @@ inline void check_integer(const at::Tensor& t, const char* op, const char* name)
                    op, ": `", name, "` must hold integers, got ", t.scalar_type());
 }
 
-// nms / batched_nms: boxes [N, 4], scores [N], idxs [N] on one device; max_out >= -1.
+// nms / batched_nms: boxes [N, 4], scores [N], idxs [N] on one device; a threshold that is
+// not NaN; max_out a capacity (-1: N).
 inline void check_nms_inputs(const char* op, const at::Tensor& boxes, const at::Tensor& scores,
-                             const c10::optional<at::Tensor>& idxs, int64_t max_out) {
+                             const c10::optional<at::Tensor>& idxs, double iou_threshold,
+                             int64_t max_out) {
   check_boxes(op, boxes);
   check_float(scores, op, "scores");
   TORCH_CHECK_VALUE(scores.dim() == 1 && scores.size(0) == boxes.size(0), op,
@@ -36,12 +38,14 @@ inline void check_nms_inputs(const char* op, const at::Tensor& boxes, const at::
                       ", got shape ", idxs->sizes());
     check_same_device(boxes, *idxs, op, "boxes", "idxs");
   }
-  TORCH_CHECK_VALUE(max_out >= -1, op, ": `max_out` must be >= 0 (or -1 for N), got ", max_out);
+  check_not_nan(iou_threshold, op, "iou_threshold");
+  check_capacity(max_out, op, "max_out");
 }
 
-// fast_nms: boxes [N, 4], scores [C, N].
+// fast_nms: boxes [N, 4], scores [C, N], thresholds that are not NaN, capacities.
 inline void check_fast_nms_inputs(const at::Tensor& boxes, const at::Tensor& scores,
-                                  int64_t top_k, int64_t max_detections) {
+                                  double iou_threshold, int64_t top_k, double score_threshold,
+                                  int64_t max_detections) {
   const char* op = "fast_nms";
   check_boxes(op, boxes);
   check_float(scores, op, "scores");
@@ -49,8 +53,10 @@ inline void check_fast_nms_inputs(const at::Tensor& boxes, const at::Tensor& sco
                     ": `scores` must be [C, N] with N = boxes.size(0) = ", boxes.size(0),
                     ", got shape ", scores.sizes());
   check_same_device(boxes, scores, op, "boxes", "scores");
-  check_nonneg(top_k, op, "top_k");
-  check_nonneg(max_detections, op, "max_detections");
+  check_not_nan(iou_threshold, op, "iou_threshold");
+  check_not_nan(score_threshold, op, "score_threshold");
+  check_count(top_k, op, "top_k");
+  check_count(max_detections, op, "max_detections");
 }
 
 // matrix_nms: masks [N, H, W], labels [N], scores [N]. Returns whether the kernel is gaussian.
@@ -75,7 +81,8 @@ inline bool check_matrix_nms_inputs(const at::Tensor& masks, const at::Tensor& l
   check_same_device(masks, scores, op, "masks", "scores");
   TORCH_CHECK_VALUE(kernel == "gaussian" || kernel == "linear", op,
                     ": `kernel` must be 'gaussian' or 'linear', got '", std::string(kernel), "'");
-  check_finite(sigma, op, "sigma");
+  TORCH_CHECK_VALUE(std::isfinite(sigma) && sigma >= 0, op,
+                    ": `sigma` must be finite and >= 0, got ", sigma);
   return kernel == "gaussian";
 }
 

@@ -101,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor> batched_nms_cpu(const at::Tensor& boxes,
                                                    const c10::optional<at::Tensor>& idxs,
                                                    double iou_threshold, int64_t max_out,
                                                    const char* op) {
-  check_nms_inputs(op, boxes, scores, idxs, max_out);
+  check_nms_inputs(op, boxes, scores, idxs, iou_threshold, max_out);
   const int64_t N = boxes.size(0);
   const int64_t capacity = max_out < 0 ? N : max_out;
   at::Tensor keep = at::full({capacity}, -1, boxes.options().dtype(at::kLong));
@@ -322,7 +322,7 @@ std::vector<Detection> fast_nms_impl(const at::Tensor& boxes, const S* s, int64_
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fast_nms_cpu(
     const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold, int64_t top_k,
     double score_threshold, int64_t max_detections, bool cross_class, bool second_threshold) {
-  check_fast_nms_inputs(boxes, scores, top_k, max_detections);
+  check_fast_nms_inputs(boxes, scores, iou_threshold, top_k, score_threshold, max_detections);
   // As YOLACT's tensor comparisons: IoU against a float32 (float64) threshold, scores
   // against a threshold of the scores' dtype.
   iou_threshold = as_dtype(iou_threshold, compute_dtype(boxes.scalar_type()));

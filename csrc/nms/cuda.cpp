@@ -52,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor> batched_nms_cuda(const at::Tensor& boxes,
                                                     const c10::optional<at::Tensor>& idxs,
                                                     double iou_threshold, int64_t max_out,
                                                     const char* op) {
-  check_nms_inputs(op, boxes, scores, idxs, max_out);
+  check_nms_inputs(op, boxes, scores, idxs, iou_threshold, max_out);
   const c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   const int64_t capacity = max_out < 0 ? n : max_out;
@@ -120,7 +120,7 @@ at::Tensor fast_nms_keep(const at::Tensor& b, const at::Tensor& cand, double iou
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fast_nms_cuda(
     const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold, int64_t top_k,
     double score_threshold, int64_t max_detections, bool cross_class, bool second_threshold) {
-  check_fast_nms_inputs(boxes, scores, top_k, max_detections);
+  check_fast_nms_inputs(boxes, scores, iou_threshold, top_k, score_threshold, max_detections);
   const c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t C = scores.size(0), N = scores.size(1);
   const int64_t capacity = cross_class ? top_k : max_detections;

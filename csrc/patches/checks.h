@@ -11,15 +11,18 @@ inline void check_bool_masks(const at::Tensor& masks, const char* op) {
   check_dim(masks, 3, op, "masks", "[N, H, W]");
 }
 
+// The largest patch: its corners (a pixel +- patch_size / 2) and areas then fit in int64.
+constexpr int64_t kMaxPatchSize = int64_t{1} << 30;
+
 inline void check_boundary_patches(const at::Tensor& masks, int64_t patch_size,
                                    double iou_threshold, int64_t max_out) {
   const char* op = "boundary_patches";
   check_bool_masks(masks, op);
-  TORCH_CHECK_VALUE(patch_size >= 2 && patch_size % 2 == 0, op,
-                    ": `patch_size` must be an even int >= 2, got ", patch_size);
+  TORCH_CHECK_VALUE(patch_size >= 2 && patch_size % 2 == 0 && patch_size <= kMaxPatchSize, op,
+                    ": `patch_size` must be an even int in [2, ", kMaxPatchSize, "], got ",
+                    patch_size);
   check_not_nan(iou_threshold, op, "iou_threshold");
-  TORCH_CHECK_VALUE(max_out >= -1, op, ": `max_out` must be >= 0 (or -1 for no limit), got ",
-                    max_out);
+  check_capacity(max_out, op, "max_out");
 }
 
 // An int64 vector of n entries; `shape` describes n (e.g. "[P] with P = boxes.shape[0]").
@@ -66,8 +69,9 @@ inline void check_crop_patches(const at::Tensor& images, const at::Tensor& masks
                      "[N] with N = masks.shape[0]");
   check_same_device(images, masks, op, "images", "masks");
   check_same_device(images, batch_index, op, "images", "batch_index");
-  check_nonneg(out_h, op, "output_size (height)");
-  check_nonneg(out_w, op, "output_size (width)");
+  check_size_pair(out_h, out_w, op, "output_size");
+  check_output_size(op, "output_size", {boxes.size(0), images.size(1), out_h, out_w},
+                    images.element_size());
   range_check(instance_index, masks.size(0), op, "instance_index");
   range_check(batch_index, images.size(0), op, "batch_index");
 }
@@ -83,6 +87,9 @@ inline void check_reassemble_patches(const at::Tensor& masks, const at::Tensor& 
   TORCH_CHECK_VALUE(patch_probs.size(0) == boxes.size(0), op,
                     ": `patch_probs` must be [P, h, w] with P = boxes.shape[0] = ", boxes.size(0),
                     ", got shape ", patch_probs.sizes());
+  TORCH_CHECK_VALUE(boxes.size(0) == 0 || (patch_probs.size(1) > 0 && patch_probs.size(2) > 0),
+                    op, ": `patch_probs` must have h, w >= 1 to be resampled, got shape ",
+                    patch_probs.sizes());
   check_same_device(masks, patch_probs, op, "masks", "patch_probs");
   check_not_nan(threshold, op, "threshold");
   range_check(instance_index, masks.size(0), op, "instance_index");

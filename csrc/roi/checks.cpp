@@ -9,6 +9,7 @@
 #include <ATen/ops/nonzero.h>
 #include <ATen/ops/select.h>
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -45,7 +46,10 @@ MultiLevelRoIAlign multilevel_plan(const char* op, int64_t levels,
   TORCH_CHECK_VALUE(static_cast<int64_t>(spatial_scales.size()) == levels, op,
                     ": `spatial_scales` must have one entry per level (", levels, "), got ",
                     spatial_scales.size());
-  for (const double s : spatial_scales) check_finite(s, op, "spatial_scales");
+  for (const double s : spatial_scales) {
+    TORCH_CHECK_VALUE(std::isfinite(s) && s > 0, op,
+                      ": `spatial_scales` must be positive and finite, got ", spatial_scales);
+  }
   const int64_t n_areas = static_cast<int64_t>(level_areas.size());
   if (all_levels) {
     TORCH_CHECK_VALUE(n_areas == 0, op,
@@ -61,8 +65,8 @@ MultiLevelRoIAlign multilevel_plan(const char* op, int64_t levels,
                         ": `level_areas` must be ascending, got ", level_areas);
     }
   }
-  check_nonneg(pooled_h, op, "output_size (pooled_height)");
-  check_nonneg(pooled_w, op, "output_size (pooled_width)");
+  check_pooled_size(pooled_h, pooled_w, op);
+  check_sampling_ratio(sampling_ratio, op);
   MultiLevelRoIAlign p{};
   p.levels = levels;
   p.pooled_h = pooled_h;
@@ -109,6 +113,8 @@ MultiLevelRoIAlign check_multilevel_forward(const char* op, at::TensorList featu
   p.batch = f0.size(0);
   p.channels = f0.size(1);
   p.rois = rois.size(0);
+  check_output_size(op, "output_size", {all_levels ? L : 1, p.rois, p.channels, pooled_h,
+                                        pooled_w}, f0.element_size());
   return p;
 }
 
@@ -134,6 +140,8 @@ MultiLevelRoIAlign check_multilevel_backward(const char* op, const at::Tensor& g
   for (int64_t l = 0; l < L; ++l) {
     check_nonneg(heights[l], op, "heights");
     check_nonneg(widths[l], op, "widths");
+    check_output_size(op, "batch_size, channels, heights, widths",
+                      {batch_size, channels, heights[l], widths[l]}, grad.element_size());
     p.height[l] = heights[l];
     p.width[l] = widths[l];
   }

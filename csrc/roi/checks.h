@@ -8,11 +8,25 @@ namespace segops {
 
 // RoIs are `[K, 5]` rows of (batch_index, x1, y1, x2, y2) on the input's device.
 inline void check_rois(const at::Tensor& input, const at::Tensor& rois, const char* op) {
-  check_float(rois, op, "rois");
+  check_float(rois, op, "boxes");
   TORCH_CHECK_VALUE(rois.dim() == 2 && rois.size(1) == 5, op,
-                    ": `rois` must be [K, 5] (batch_index, x1, y1, x2, y2), got shape ",
+                    ": `boxes` must be [K, 5] (batch_index, x1, y1, x2, y2), got shape ",
                     rois.sizes());
-  check_same_device(input, rois, op, "input", "rois");
+  check_same_device(input, rois, op, "input", "boxes");
+}
+
+// Samples per bin along an axis: at most this many (<= 0: adaptive, ceil(roi / bins)). A
+// bin then averages at most 2**20 samples, and no sample count overflows.
+constexpr int64_t kMaxSamplingRatio = 1024;
+
+inline void check_sampling_ratio(int64_t sampling_ratio, const char* op) {
+  TORCH_CHECK_VALUE(sampling_ratio <= kMaxSamplingRatio, op,
+                    ": `sampling_ratio` must be <= ", kMaxSamplingRatio,
+                    " (or <= 0 for adaptive), got ", sampling_ratio);
+}
+
+inline void check_pooled_size(int64_t pooled_h, int64_t pooled_w, const char* op) {
+  check_size_pair(pooled_h, pooled_w, op, "output_size");
 }
 
 // RoI forward ops: input [N, C, H, W], rois [K, 5], output size, scale.
@@ -22,8 +36,16 @@ inline void check_roi_forward(const char* op, const at::Tensor& input, const at:
   check_dim(input, 4, op, "input", "[N, C, H, W]");
   check_rois(input, rois, op);
   check_finite(spatial_scale, op, "spatial_scale");
-  check_nonneg(pooled_h, op, "output_size (pooled_height)");
-  check_nonneg(pooled_w, op, "output_size (pooled_width)");
+  check_pooled_size(pooled_h, pooled_w, op);
+  check_output_size(op, "output_size", {rois.size(0), input.size(1), pooled_h, pooled_w},
+                    input.element_size());
+}
+
+inline void check_roi_align(const at::Tensor& input, const at::Tensor& rois,
+                            double spatial_scale, int64_t pooled_h, int64_t pooled_w,
+                            int64_t sampling_ratio) {
+  check_roi_forward("roi_align", input, rois, spatial_scale, pooled_h, pooled_w);
+  check_sampling_ratio(sampling_ratio, "roi_align");
 }
 
 // RoI backward ops: grad [K, C, pooled_h, pooled_w] for an input of [N, C, H, W].
@@ -38,8 +60,9 @@ inline void check_roi_backward(const char* op, const at::Tensor& grad, const at:
   check_nonneg(channels, op, "channels");
   check_nonneg(height, op, "height");
   check_nonneg(width, op, "width");
-  check_nonneg(pooled_h, op, "pooled_height");
-  check_nonneg(pooled_w, op, "pooled_width");
+  check_pooled_size(pooled_h, pooled_w, op);
+  check_output_size(op, "batch_size, channels, height, width",
+                    {batch_size, channels, height, width}, grad.element_size());
   TORCH_CHECK_VALUE(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
                         grad.size(2) == pooled_h && grad.size(3) == pooled_w,
                     op, ": `grad` must be [K, channels, pooled_height, pooled_width] = [",

@@ -80,7 +80,7 @@ void gather_backward(A* out, int64_t K, int64_t C, int64_t H, int64_t W, Footpri
 at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
                                  double spatial_scale, int64_t pooled_h, int64_t pooled_w,
                                  int64_t sampling_ratio, bool aligned) {
-  check_roi_forward("roi_align", input, rois, spatial_scale, pooled_h, pooled_w);
+  check_roi_align(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio);
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t K = rois.size(0);
   check_batch_indices(rois, N, "roi_align");
@@ -122,6 +122,7 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
                                   int64_t width, int64_t sampling_ratio, bool aligned) {
   check_roi_backward("_roi_align_backward", grad, rois, spatial_scale, pooled_h, pooled_w,
                      batch_size, channels, height, width);
+  check_sampling_ratio(sampling_ratio, "_roi_align_backward");
   check_batch_indices(rois, batch_size, "_roi_align_backward");
   const int64_t K = rois.size(0), C = channels, H = height, W = width;
   at::Tensor acc = grad_accumulator(grad, batch_size, C, H, W);

@@ -48,7 +48,7 @@ void check_gather_rois(int64_t rois, const char* op) {
 at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& rois,
                                   double spatial_scale, int64_t pooled_h, int64_t pooled_w,
                                   int64_t sampling_ratio, bool aligned) {
-  check_roi_forward("roi_align", input, rois, spatial_scale, pooled_h, pooled_w);
+  check_roi_align(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio);
   const c10::cuda::CUDAGuard guard(input.device());
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   check_batch_indices_cuda(rois, N, "roi_align");
@@ -72,6 +72,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
                                    int64_t width, int64_t sampling_ratio, bool aligned) {
   check_roi_backward("_roi_align_backward", grad, rois, spatial_scale, pooled_h, pooled_w,
                      batch_size, channels, height, width);
+  check_sampling_ratio(sampling_ratio, "_roi_align_backward");
   const c10::cuda::CUDAGuard guard(grad.device());
   check_batch_indices_cuda(rois, batch_size, "_roi_align_backward");
   const int64_t K = rois.size(0);

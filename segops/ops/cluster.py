@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from ._registry import check_float, check_tensor, check_threshold, fake
+from .. import _args
+from ._library import fake, non_differentiable
 
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+__all__ = ["cluster_seeds"]
 
-
-def _pair(value: Sequence, op: str, name: str) -> tuple:
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise TypeError(f"{op}: `{name}` must be a pair (y, x), got {value!r}")
-    return tuple(value)
+# The largest `grid` entry: the coordinate map is built from linspace(0, extent, grid), so its
+# scratch is grid values per axis (64 MiB in float32 at the bound) whatever the input size.
+MAX_GRID = 1 << 24
 
 
 def _coordinates_cpu(size: int, grid: int, extent: float, dtype: torch.dtype) -> Tensor:
@@ -93,38 +91,28 @@ def cluster_seeds(
     the grid, and every dtype.
     """
     op = "cluster_seeds"
-    check_tensor(prediction, op, "prediction")
-    check_float(prediction, op, "prediction")
-    if isinstance(n_sigma, bool) or n_sigma not in (1, 2):
-        raise ValueError(f"{op}: `n_sigma` must be 1 or 2, got {n_sigma!r}")
-    if prediction.dim() != 3 or prediction.shape[0] != 3 + n_sigma:
-        raise ValueError(
-            f"{op}: `prediction` must be [2 + n_sigma + 1, H, W] = [{3 + n_sigma}, H, W] for "
-            f"n_sigma = {n_sigma}, got shape {tuple(prediction.shape)}"
-        )
-    threshold = check_threshold(threshold, op)
-    seed_threshold = check_threshold(seed_threshold, op, "seed_threshold")
-    if isinstance(min_pixels, bool) or not isinstance(min_pixels, int) or min_pixels < 0:
-        raise ValueError(f"{op}: `min_pixels` must be an int >= 0, got {min_pixels!r}")
-    gy, gx = _pair(grid, op, "grid")
-    ey, ex = _pair(extent, op, "extent")
-    if not all(isinstance(g, int) and not isinstance(g, bool) and g >= 2 for g in (gy, gx)):
-        raise ValueError(f"{op}: `grid` must be two ints >= 2, got {grid!r}")
-    if not all(isinstance(e, (int, float)) and math.isfinite(e) for e in (ey, ex)):
-        raise ValueError(f"{op}: `extent` must be two finite floats, got {extent!r}")
-    if max_instances is not None and (
-        isinstance(max_instances, bool) or not isinstance(max_instances, int) or max_instances < 0
-    ):
-        raise ValueError(f"{op}: `max_instances` must be an int >= 0, got {max_instances!r}")
+    prediction = _args.tensor(op, "prediction", prediction)
+    n_sigma = _args.integer(op, "n_sigma", n_sigma)
+    threshold = _args.real(op, "threshold", threshold)
+    seed_threshold = _args.real(op, "seed_threshold", seed_threshold)
+    min_pixels = _args.integer(op, "min_pixels", min_pixels)
+    max_instances = _args.capacity(op, "max_instances", max_instances)
+    gy, gx = (_args.integer(op, "grid", g) for g in _args.pair(op, "grid", grid))
+    ey, ex = (_args.real(op, "extent", e) for e in _args.pair(op, "extent", extent))
+    # grid and extent become the coordinate map here, so they are checked here.
+    if not (2 <= gy <= MAX_GRID and 2 <= gx <= MAX_GRID):
+        raise ValueError(f"{op}: `grid` entries must be in [2, {MAX_GRID}], got {(gy, gx)}")
+    if not (math.isfinite(ey) and math.isfinite(ex)):
+        raise ValueError(f"{op}: `extent` must be two finite numbers, got {(ey, ex)}")
     acc = torch.float64 if prediction.dtype == torch.float64 else torch.float32
-    h, w = prediction.shape[1], prediction.shape[2]
-    xs = spatial_coordinates(w, gx, float(ex), acc, prediction.device)
-    ys = spatial_coordinates(h, gy, float(ey), acc, prediction.device)
-    cap = -1 if max_instances is None else max_instances
+    # (a prediction of the wrong rank gets empty coordinates; the op reports its shape)
+    h, w = prediction.shape[1:] if prediction.dim() == 3 else (0, 0)
+    xs = spatial_coordinates(w, gx, ex, acc, prediction.device)
+    ys = spatial_coordinates(h, gy, ey, acc, prediction.device)
     instance_map, scores, count = torch.ops.segops.cluster_seeds(
-        prediction, xs, ys, n_sigma, float(threshold), float(seed_threshold), min_pixels, cap
+        prediction, xs, ys, n_sigma, threshold, seed_threshold, min_pixels, max_instances
     )
-    if max_instances is None:
+    if max_instances < 0:
         return instance_map, scores
     return instance_map, scores, count
 
@@ -140,3 +128,8 @@ def _(prediction, xs, ys, n_sigma, threshold, seed_threshold, min_pixels, max_in
         size = torch.library.get_ctx().new_dynamic_size()
     count = prediction.new_empty((), dtype=torch.int64)
     return instance_map, prediction.new_empty((size,), dtype=acc), count
+
+
+# The instance map is integer; the scores are the seeds' sigmoid values, not differentiated
+# through: they do not require grad.
+non_differentiable("cluster_seeds")

@@ -5,15 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._registry import (
-    check_float,
-    check_same_device,
-    check_tensor,
-    check_threshold,
-    fake,
-    pair,
-    register_autocast,
-)
+from .. import _args
+from ._library import fake, non_differentiable, register_autocast
+
+__all__ = ["assemble_masks", "paste_masks"]
 
 
 def assemble_masks(
@@ -58,36 +53,17 @@ def assemble_masks(
     and shape-dependent code paths, and its matmul sums in BLAS order.
     """
     op = "assemble_masks"
-    check_tensor(protos, op, "protos")
-    check_tensor(coeffs, op, "coeffs")
-    check_tensor(boxes, op, "boxes")
-    check_float(protos, op, "protos")
-    if protos.dim() != 3:
-        raise ValueError(f"{op}: `protos` must be [H, W, k], got shape {tuple(protos.shape)}")
-    if coeffs.dim() != 2 or coeffs.shape[1] != protos.shape[2]:
-        raise ValueError(
-            f"{op}: `coeffs` must be [N, k] with k = protos.shape[2] = {protos.shape[2]}, "
-            f"got shape {tuple(coeffs.shape)}"
-        )
-    if coeffs.dtype != protos.dtype:
-        raise TypeError(
-            f"{op}: `coeffs` must have protos' dtype {protos.dtype}, got {coeffs.dtype}"
-        )
-    check_float(boxes, op, "boxes")
-    if boxes.dim() != 2 or boxes.shape[1] != 4 or boxes.shape[0] != coeffs.shape[0]:
-        raise ValueError(
-            f"{op}: `boxes` must be [N, 4] with N = coeffs.shape[0] = {coeffs.shape[0]}, "
-            f"got shape {tuple(boxes.shape)}"
-        )
-    check_same_device(op, "protos", {"protos": protos, "coeffs": coeffs, "boxes": boxes})
-    if isinstance(padding, bool) or not isinstance(padding, int):
-        raise TypeError(f"{op}: `padding` must be an int, got {type(padding).__name__}")
+    protos = _args.tensor(op, "protos", protos)
+    coeffs = _args.tensor(op, "coeffs", coeffs)
+    boxes = _args.tensor(op, "boxes", boxes)
+    padding = _args.integer(op, "padding", padding)
+    threshold = _args.real(op, "threshold", threshold)
     if image_size is None:
         return torch.ops.segops.assemble_masks(protos, coeffs, boxes, padding)
-    h, w = pair(image_size, op, "image_size")
-    threshold = check_threshold(threshold, op)
-    return torch.ops.segops.assemble_masks_upsampled(protos, coeffs, boxes, padding, h, w,
-                                                     threshold)
+    h, w = _args.size_pair(op, "image_size", image_size)
+    return torch.ops.segops.assemble_masks_upsampled(
+        protos, coeffs, boxes, padding, h, w, threshold
+    )
 
 
 def paste_masks(
@@ -125,29 +101,14 @@ def paste_masks(
     here such pixels are simply outside.
     """
     op = "paste_masks"
-    check_tensor(masks, op, "masks")
-    check_tensor(boxes, op, "boxes")
-    check_float(masks, op, "masks")
+    masks = _args.tensor(op, "masks", masks)
     if masks.dim() == 4 and masks.shape[1] == 1:
         masks = masks[:, 0]
-    if masks.dim() != 3 or masks.shape[1] < 1 or masks.shape[2] < 1:
-        raise ValueError(
-            f"{op}: `masks` must be [N, Mh, Mw] or [N, 1, Mh, Mw] with Mh, Mw >= 1, "
-            f"got shape {tuple(masks.shape)}"
-        )
-    check_float(boxes, op, "boxes")
-    if boxes.dim() != 2 or boxes.shape[1] != 4 or boxes.shape[0] != masks.shape[0]:
-        raise ValueError(
-            f"{op}: `boxes` must be [N, 4] with N = masks.shape[0] = {masks.shape[0]}, "
-            f"got shape {tuple(boxes.shape)}"
-        )
-    check_same_device(op, "masks", {"masks": masks, "boxes": boxes})
-    h, w = pair(image_size, op, "image_size")
-    if threshold is not None:
-        threshold = check_threshold(threshold, op)
-    if mode not in ("detectron2", "torchvision"):
-        raise ValueError(f'{op}: `mode` must be "detectron2" or "torchvision", got {mode!r}')
-    return torch.ops.segops.paste_masks(masks, boxes, h, w, threshold, mode)
+    h, w = _args.size_pair(op, "image_size", image_size)
+    return torch.ops.segops.paste_masks(
+        masks, _args.tensor(op, "boxes", boxes), h, w,
+        _args.optional_real(op, "threshold", threshold), _args.string(op, "mode", mode),
+    )
 
 
 # ---- fake (shape) implementations ----
@@ -197,6 +158,10 @@ def _assemble_backward(ctx, grad):
 torch.library.register_autograd(
     "segops::assemble_masks", _assemble_backward, setup_context=_assemble_setup
 )
+
+# The fused inference form (bool masks) and pasting (bool masks, or pasted values as an
+# inference step) are not differentiated through: their outputs do not require grad.
+non_differentiable("assemble_masks_upsampled", "paste_masks")
 
 # ---- autocast: float32 compute, result in protos' dtype (bool masks stay bool) ----
 

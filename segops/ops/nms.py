@@ -11,25 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._registry import check_same_device, check_tensor, fake
+from .. import _args
+from ._library import fake, non_differentiable
 
-
-def _capacity(value: int | None, op: str, name: str) -> int:
-    if value is None:
-        return -1
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{op}: `{name}` must be an int or None, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{op}: `{name}` must be >= 0, got {value}")
-    return value
-
-
-def _nonneg(value: int, op: str, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{op}: `{name}` must be an int, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{op}: `{name}` must be >= 0, got {value}")
-    return value
+__all__ = ["batched_nms", "fast_nms", "matrix_nms", "nms"]
 
 
 def nms(
@@ -51,11 +36,12 @@ def nms(
 
     Boxes with a non-finite coordinate and NaN scores are never kept and suppress nothing.
     """
-    check_tensor(boxes, "nms", "boxes")
-    check_tensor(scores, "nms", "scores")
-    check_same_device("nms", "boxes", {"boxes": boxes, "scores": scores})
-    cap = _capacity(max_out, "nms", "max_out")
-    keep, count = torch.ops.segops.nms(boxes, scores, float(iou_threshold), cap)
+    op = "nms"
+    keep, count = torch.ops.segops.nms(
+        _args.tensor(op, "boxes", boxes), _args.tensor(op, "scores", scores),
+        _args.real(op, "iou_threshold", iou_threshold),
+        _args.capacity(op, "max_out", max_out),
+    )
     return keep[: int(count)] if max_out is None else (keep, count)
 
 
@@ -71,12 +57,12 @@ def batched_nms(
 
     Args and returns as :func:`nms`; `idxs` is `Tensor[N]` of integers.
     """
-    tensors = {"boxes": boxes, "scores": scores, "idxs": idxs}
-    for name, t in tensors.items():
-        check_tensor(t, "batched_nms", name)
-    check_same_device("batched_nms", "boxes", tensors)
-    cap = _capacity(max_out, "batched_nms", "max_out")
-    keep, count = torch.ops.segops.batched_nms(boxes, scores, idxs, float(iou_threshold), cap)
+    op = "batched_nms"
+    keep, count = torch.ops.segops.batched_nms(
+        _args.tensor(op, "boxes", boxes), _args.tensor(op, "scores", scores),
+        _args.tensor(op, "idxs", idxs), _args.real(op, "iou_threshold", iou_threshold),
+        _args.capacity(op, "max_out", max_out),
+    )
     return keep[: int(count)] if max_out is None else (keep, count)
 
 
@@ -117,20 +103,17 @@ def fast_nms(
     zero-area pairs have IoU 0 (YOLACT: NaN, which suppresses); boxes with non-finite
     coordinates are dropped with the prefilter.
     """
-    check_tensor(boxes, "fast_nms", "boxes")
-    check_tensor(scores, "fast_nms", "scores")
-    check_same_device("fast_nms", "boxes", {"boxes": boxes, "scores": scores})
-    top_k = _nonneg(top_k, "fast_nms", "top_k")
-    max_detections = _nonneg(max_detections, "fast_nms", "max_detections")
+    op = "fast_nms"
+    padded = _args.boolean(op, "padded", padded)
     idx, cls, sc, count = torch.ops.segops.fast_nms(
-        boxes,
-        scores,
-        float(iou_threshold),
-        top_k,
-        float(score_threshold),
-        max_detections,
-        bool(cross_class),
-        bool(second_threshold),
+        _args.tensor(op, "boxes", boxes),
+        _args.tensor(op, "scores", scores),
+        _args.real(op, "iou_threshold", iou_threshold),
+        _args.integer(op, "top_k", top_k),
+        _args.real(op, "score_threshold", score_threshold),
+        _args.integer(op, "max_detections", max_detections),
+        _args.boolean(op, "cross_class", cross_class),
+        _args.boolean(op, "second_threshold", second_threshold),
     )
     if padded:
         return idx, cls, sc, count
@@ -159,13 +142,12 @@ def matrix_nms(
     linear kernel a term whose denominator is 0 (a duplicate of a higher-scored mask) is
     left out of the minimum (SOLOv2: NaN).
     """
-    tensors = {"masks": masks, "labels": labels, "scores": scores}
-    for name, t in tensors.items():
-        check_tensor(t, "matrix_nms", name)
-    check_same_device("matrix_nms", "masks", tensors)
-    if kernel not in ("gaussian", "linear"):
-        raise ValueError(f"matrix_nms: `kernel` must be 'gaussian' or 'linear', got {kernel!r}")
-    return torch.ops.segops.matrix_nms(masks, labels, scores, kernel, float(sigma))
+    op = "matrix_nms"
+    return torch.ops.segops.matrix_nms(
+        _args.tensor(op, "masks", masks), _args.tensor(op, "labels", labels),
+        _args.tensor(op, "scores", scores), _args.string(op, "kernel", kernel),
+        _args.real(op, "sigma", sigma),
+    )
 
 
 # ---- fake (shape) implementations: padded outputs have static sizes ----
@@ -196,3 +178,8 @@ def _(boxes, scores, iou_threshold, top_k, score_threshold, max_detections, cros
 @fake("matrix_nms")
 def _(masks, labels, scores, kernel, sigma):
     return scores.new_empty((masks.shape[0],))
+
+
+# Suppression is not differentiated through: fast_nms' scores and matrix_nms' decayed scores
+# (selections and products of the input scores) do not require grad, like the indices.
+non_differentiable("nms", "batched_nms", "fast_nms", "matrix_nms")

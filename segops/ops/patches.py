@@ -2,43 +2,21 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from ._registry import check_float, check_same_device, check_tensor, fake, pair
+from .. import _args
+from ._library import fake, non_differentiable
+
+__all__ = ["boundary_patches", "crop_patches", "reassemble_patches"]
 
 _INTS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
-def _bool_masks(masks: Tensor, op: str) -> Tensor:
-    check_tensor(masks, op, "masks")
-    if masks.dtype != torch.bool:
-        if masks.dtype not in _INTS:
-            raise TypeError(f"{op}: `masks` must be bool (or integer 0/1), got {masks.dtype}")
-        masks = masks != 0
-    if masks.dim() != 3:
-        raise ValueError(f"{op}: `masks` must be [N, H, W], got shape {tuple(masks.shape)}")
-    return masks
-
-
-def _check_patch_args(op: str, masks: Tensor, boxes: Tensor, instance_index: Tensor) -> None:
-    check_tensor(boxes, op, "boxes")
-    check_tensor(instance_index, op, "instance_index")
-    if boxes.dtype != torch.int64:
-        raise TypeError(f"{op}: `boxes` must be int64 (x1, y1, x2, y2), got {boxes.dtype}")
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{op}: `boxes` must be [P, 4], got shape {tuple(boxes.shape)}")
-    if instance_index.dtype != torch.int64:
-        raise TypeError(f"{op}: `instance_index` must be int64, got {instance_index.dtype}")
-    if instance_index.dim() != 1 or instance_index.shape[0] != boxes.shape[0]:
-        raise ValueError(
-            f"{op}: `instance_index` must be [P] with P = boxes.shape[0] = {boxes.shape[0]}, "
-            f"got shape {tuple(instance_index.shape)}"
-        )
-    check_same_device(op, "masks", {"masks": masks, "boxes": boxes,
-                                     "instance_index": instance_index})
+def _bool_masks(op: str, masks: object) -> Tensor:
+    """Integer 0/1 masks as bool (a convenience); other dtypes go to the op as they are."""
+    masks = _args.tensor(op, "masks", masks)
+    return masks != 0 if masks.dtype in _INTS else masks
 
 
 def boundary_patches(
@@ -72,19 +50,10 @@ def boundary_patches(
     span an axis shorter than ``p``. Work is bounded by each instance's bounding box.
     """
     op = "boundary_patches"
-    masks = _bool_masks(masks, op)
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 2 \
-            or patch_size % 2:
-        raise ValueError(f"{op}: `patch_size` must be an even int >= 2, got {patch_size!r}")
-    if not isinstance(iou_threshold, (int, float)) or math.isnan(iou_threshold):
-        raise ValueError(f"{op}: `iou_threshold` must be a number (not NaN), got "
-                         f"{iou_threshold!r}")
-    if max_out is not None and (isinstance(max_out, bool) or not isinstance(max_out, int)
-                                or max_out < 0):
-        raise ValueError(f"{op}: `max_out` must be an int >= 0, got {max_out!r}")
-    cap = -1 if max_out is None else max_out
+    cap = _args.capacity(op, "max_out", max_out)
     boxes, index, scores, count = torch.ops.segops.boundary_patches(
-        masks, patch_size, float(iou_threshold), cap)
+        _bool_masks(op, masks), _args.integer(op, "patch_size", patch_size),
+        _args.real(op, "iou_threshold", iou_threshold), cap)
     if max_out is None:
         return boxes, index, scores
     return boxes, index, scores, count
@@ -116,26 +85,11 @@ def crop_patches(
         ``F.interpolate(mode="nearest")`` of the box's crop (False outside the image).
     """
     op = "crop_patches"
-    check_tensor(images, op, "images")
-    check_float(images, op, "images")
-    if images.dim() != 4:
-        raise ValueError(f"{op}: `images` must be [B, C, H, W], got shape {tuple(images.shape)}")
-    masks = _bool_masks(masks, op)
-    if tuple(masks.shape[1:]) != tuple(images.shape[2:]):
-        raise ValueError(f"{op}: `masks` must be [N, H, W] with the images' H, W = "
-                         f"{tuple(images.shape[2:])}, got shape {tuple(masks.shape)}")
-    _check_patch_args(op, masks, boxes, instance_index)
-    check_tensor(batch_index, op, "batch_index")
-    if batch_index.dtype != torch.int64:
-        raise TypeError(f"{op}: `batch_index` must be int64, got {batch_index.dtype}")
-    if batch_index.dim() != 1 or batch_index.shape[0] != masks.shape[0]:
-        raise ValueError(f"{op}: `batch_index` must be [N] with N = masks.shape[0] = "
-                         f"{masks.shape[0]}, got shape {tuple(batch_index.shape)}")
-    check_same_device(op, "images", {"images": images, "masks": masks,
-                                      "batch_index": batch_index})
-    s_h, s_w = pair(output_size, op, "output_size")
-    return torch.ops.segops.crop_patches(images, masks, boxes, instance_index, batch_index,
-                                         s_h, s_w)
+    s_h, s_w = _args.size_pair(op, "output_size", output_size)
+    return torch.ops.segops.crop_patches(
+        _args.tensor(op, "images", images), _bool_masks(op, masks),
+        _args.tensor(op, "boxes", boxes), _args.tensor(op, "instance_index", instance_index),
+        _args.tensor(op, "batch_index", batch_index), s_h, s_w)
 
 
 def reassemble_patches(
@@ -164,18 +118,10 @@ def reassemble_patches(
         float32: a mean of exactly 0.5 is background, as in BPR).
     """
     op = "reassemble_patches"
-    masks = _bool_masks(masks, op)
-    check_tensor(patch_probs, op, "patch_probs")
-    check_float(patch_probs, op, "patch_probs")
-    if patch_probs.dim() != 3 or patch_probs.shape[0] != boxes.shape[0]:
-        raise ValueError(f"{op}: `patch_probs` must be [P, h, w] with P = boxes.shape[0] = "
-                         f"{boxes.shape[0]}, got shape {tuple(patch_probs.shape)}")
-    _check_patch_args(op, masks, boxes, instance_index)
-    check_same_device(op, "masks", {"masks": masks, "patch_probs": patch_probs})
-    if not isinstance(threshold, (int, float)) or math.isnan(threshold):
-        raise ValueError(f"{op}: `threshold` must be a number (not NaN), got {threshold!r}")
-    return torch.ops.segops.reassemble_patches(masks, patch_probs, boxes, instance_index,
-                                               float(threshold))
+    return torch.ops.segops.reassemble_patches(
+        _bool_masks(op, masks), _args.tensor(op, "patch_probs", patch_probs),
+        _args.tensor(op, "boxes", boxes), _args.tensor(op, "instance_index", instance_index),
+        _args.real(op, "threshold", threshold))
 
 
 # ---- fake (shape) implementations ----
@@ -199,3 +145,8 @@ def _(images, masks, boxes, instance_index, batch_index, out_h, out_w):
 @fake("reassemble_patches")
 def _(masks, patch_probs, boxes, instance_index, threshold):
     return torch.empty_like(masks)
+
+
+# Patch boxes and scores, bool masks: nothing to differentiate. crop_patches' image patches
+# are resampled image values, but BPR does not train through the crop: no grad either.
+non_differentiable("boundary_patches", "crop_patches", "reassemble_patches")

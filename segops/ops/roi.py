@@ -9,32 +9,34 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._registry import check_float, check_same_device, check_tensor, fake, pair, register_autocast
+from .. import _args
+from ._library import fake, register_autocast
+
+__all__ = ["RoIAlign", "RoIPool", "multilevel_roi_align", "roi_align", "roi_pool"]
 
 BoxesType = Tensor | Sequence[Tensor]
 
 
 def convert_boxes_to_roi_format(boxes: BoxesType, op: str = "roi_align") -> Tensor:
     """`list[Tensor[L_i, 4]]` -> `Tensor[K, 5]` of (batch_index, x1, y1, x2, y2); a
-    `Tensor[K, 5]` is returned as is."""
+    `Tensor[K, 5]` is returned as is (its shape is checked by the op)."""
     if isinstance(boxes, Tensor):
-        if boxes.dim() != 2 or boxes.shape[1] != 5:
-            raise ValueError(
-                f"{op}: `boxes` must be Tensor[K, 5] (batch_index, x1, y1, x2, y2) or a list "
-                f"of Tensor[L, 4], got a tensor of shape {tuple(boxes.shape)}"
-            )
         return boxes
     if not isinstance(boxes, (list, tuple)):
         raise TypeError(
-            f"{op}: `boxes` must be Tensor[K, 5] or a list of Tensor[L, 4], "
+            f"{op}: `boxes` must be a Tensor[K, 5] or a list of Tensor[L, 4], "
             f"got {type(boxes).__name__}"
         )
+    boxes = _args.tensors(op, "boxes", boxes)
     for i, b in enumerate(boxes):
-        check_tensor(b, op, f"boxes[{i}]")
         if b.dim() != 2 or b.shape[1] != 4:
             raise ValueError(
-                f"{op}: `boxes[{i}]` must be Tensor[L, 4] (x1, y1, x2, y2), "
-                f"got shape {tuple(b.shape)}"
+                f"{op}: `boxes[{i}]` must be [L, 4] (x1, y1, x2, y2), got shape {tuple(b.shape)}"
+            )
+        if b.device != boxes[0].device:
+            raise ValueError(
+                f"{op}: `boxes[{i}]` must be on the device of `boxes[0]` ({boxes[0].device}), "
+                f"got {b.device}"
             )
     if len(boxes) == 0:
         return torch.zeros((0, 5))
@@ -46,19 +48,12 @@ def convert_boxes_to_roi_format(boxes: BoxesType, op: str = "roi_align") -> Tens
     return torch.cat(rows, dim=0)
 
 
-def _prepare(op: str, input: Tensor, boxes: BoxesType, output_size,
-             name: str = "input") -> tuple[Tensor, int, int]:
-    check_tensor(input, op, name)
-    check_float(input, op, name)
-    if input.dim() != 4:
-        raise ValueError(f"{op}: `{name}` must be [N, C, H, W], got shape {tuple(input.shape)}")
+def _rois(op: str, input: Tensor | None, boxes: BoxesType) -> Tensor:
+    """The boxes as rois; an empty list takes the input's device and dtype."""
     rois = convert_boxes_to_roi_format(boxes, op)
-    if isinstance(boxes, (list, tuple)) and len(boxes) == 0:
+    if isinstance(boxes, (list, tuple)) and len(boxes) == 0 and input is not None:
         rois = rois.to(device=input.device, dtype=input.dtype)
-    check_float(rois, op, "boxes")
-    check_same_device(op, name, {name: input, "boxes": rois})
-    h, w = pair(output_size, op, "output_size")
-    return rois, h, w
+    return rois
 
 
 def roi_align(
@@ -89,9 +84,13 @@ def roi_align(
     under `torch.use_deterministic_algorithms(True)` the backward is deterministic on
     CUDA too (a gather instead of atomics) rather than raising.
     """
-    rois, h, w = _prepare("roi_align", input, boxes, output_size)
+    op = "roi_align"
+    input = _args.tensor(op, "input", input)
+    h, w = _args.size_pair(op, "output_size", output_size)
     return torch.ops.segops.roi_align(
-        input, rois, float(spatial_scale), h, w, int(sampling_ratio), bool(aligned)
+        input, _rois(op, input, boxes), _args.real(op, "spatial_scale", spatial_scale), h, w,
+        _args.integer(op, "sampling_ratio", sampling_ratio),
+        _args.boolean(op, "aligned", aligned),
     )
 
 
@@ -106,63 +105,16 @@ def roi_pool(
 
     Args and returns as :func:`roi_align`.
     """
-    rois, h, w = _prepare("roi_pool", input, boxes, output_size)
-    out, _ = torch.ops.segops.roi_pool(input, rois, float(spatial_scale), h, w)
+    op = "roi_pool"
+    input = _args.tensor(op, "input", input)
+    h, w = _args.size_pair(op, "output_size", output_size)
+    out, _ = torch.ops.segops.roi_pool(
+        input, _rois(op, input, boxes), _args.real(op, "spatial_scale", spatial_scale), h, w
+    )
     return out
 
 
 _MULTILEVEL = "multilevel_roi_align"
-
-
-def _check_features(features: object) -> list[Tensor]:
-    """A non-empty list/tuple of [N, C, H_l, W_l] float tensors sharing N, C, dtype, device."""
-    op = _MULTILEVEL
-    if not isinstance(features, (list, tuple)):
-        raise TypeError(
-            f"{op}: `features` must be a list of Tensor[N, C, H_l, W_l] (one per level), "
-            f"got {type(features).__name__}"
-        )
-    if len(features) == 0:
-        raise ValueError(f"{op}: `features` must hold at least one level, got none")
-    first = check_tensor(features[0], op, "features[0]")
-    for i, f in enumerate(features):
-        name = f"features[{i}]"
-        check_tensor(f, op, name)
-        check_float(f, op, name)
-        if f.dim() != 4:
-            raise ValueError(f"{op}: `{name}` must be [N, C, H, W], got shape {tuple(f.shape)}")
-        if f.dtype != first.dtype:
-            raise TypeError(
-                f"{op}: every level of `features` must have the dtype of features[0] "
-                f"({first.dtype}), `{name}` is {f.dtype}"
-            )
-        if f.device != first.device:
-            raise ValueError(
-                f"{op}: every level of `features` must be on the device of features[0] "
-                f"({first.device}), `{name}` is on {f.device}"
-            )
-        if f.shape[:2] != first.shape[:2]:
-            raise ValueError(
-                f"{op}: every level of `features` must have the batch size and channels of "
-                f"features[0] ({tuple(first.shape[:2])}), `{name}` has shape {tuple(f.shape)}"
-            )
-    return list(features)
-
-
-def _check_scales(scales: object, levels: int) -> list[float]:
-    op = _MULTILEVEL
-    if not isinstance(scales, (list, tuple)) or not all(
-        isinstance(s, (int, float)) and not isinstance(s, bool) for s in scales
-    ):
-        raise TypeError(f"{op}: `spatial_scales` must be a list of floats, got {scales!r}")
-    if len(scales) != levels:
-        raise ValueError(
-            f"{op}: `spatial_scales` must have one entry per level of `features` ({levels}), "
-            f"got {len(scales)}"
-        )
-    if not all(math.isfinite(s) and s > 0 for s in scales):
-        raise ValueError(f"{op}: `spatial_scales` must be positive and finite, got {list(scales)}")
-    return [float(s) for s in scales]
 
 
 def _level_areas(scales: list[float], canonical_scale: float, canonical_level: int) -> list[float]:
@@ -189,7 +141,9 @@ def _level_areas(scales: list[float], canonical_scale: float, canonical_level: i
             t = math.ldexp(base, e)  # exact scaling by 2**e
         except OverflowError:
             t = math.inf
-        areas.append(t * t)
+        # A threshold that underflows to 0 would admit zero-area boxes (which belong to the
+        # lowest level); the smallest positive double admits exactly the positive areas.
+        areas.append(max(t * t, math.ulp(0.0)))
     return areas
 
 
@@ -242,26 +196,23 @@ def multilevel_roi_align(
     :func:`roi_align`; a batch index outside ``[0, N)`` raises; at most 16 levels.
     """
     op = _MULTILEVEL
-    if mode not in ("assign", "all"):
-        raise ValueError(f"{op}: `mode` must be 'assign' or 'all', got {mode!r}")
-    feats = _check_features(features)
-    scales = _check_scales(spatial_scales, len(feats))
-    if isinstance(canonical_scale, bool) or not isinstance(canonical_scale, (int, float)):
-        raise TypeError(
-            f"{op}: `canonical_scale` must be a float, got {type(canonical_scale).__name__}"
-        )
+    mode = _args.choice(op, "mode", mode, ("assign", "all"))
+    feats = _args.tensors(op, "features", features)
+    scales = _args.reals(op, "spatial_scales", spatial_scales)
+    canonical_scale = _args.real(op, "canonical_scale", canonical_scale)
+    canonical_level = _args.integer(op, "canonical_level", canonical_level)
     if not (math.isfinite(canonical_scale) and canonical_scale > 0):
         raise ValueError(f"{op}: `canonical_scale` must be positive and finite, got "
                          f"{canonical_scale}")
-    if isinstance(canonical_level, bool) or not isinstance(canonical_level, int):
-        raise TypeError(
-            f"{op}: `canonical_level` must be an int, got {type(canonical_level).__name__}"
-        )
-    rois, h, w = _prepare(op, feats[0], boxes, output_size, name="features[0]")
-    areas = [] if mode == "all" else _level_areas(scales, float(canonical_scale),
-                                                  canonical_level)
+    h, w = _args.size_pair(op, "output_size", output_size)
+    rois = _rois(op, feats[0] if feats else None, boxes)
+    # The level areas, from valid scales (invalid ones are reported by the op itself).
+    valid = len(scales) == len(feats) > 0 and all(math.isfinite(s) and s > 0 for s in scales)
+    areas = [] if mode == "all" or not valid else _level_areas(scales, canonical_scale,
+                                                               canonical_level)
     return torch.ops.segops.multilevel_roi_align(
-        feats, rois, scales, h, w, int(sampling_ratio), bool(aligned), areas, mode == "all"
+        feats, rois, scales, h, w, _args.integer(op, "sampling_ratio", sampling_ratio),
+        _args.boolean(op, "aligned", aligned), areas, mode == "all",
     )
 
 

@@ -1,14 +1,14 @@
-"""Pure-PyTorch references: the executable form of docs/ops/ and the tests' oracle."""
+"""Pure-PyTorch references: the executable form of docs/ops/ and the tests' oracle. One
+module per family; this package re-exports each module's ``__all__``."""
 
-from .roi import multilevel_roi_align, roi_align, roi_pool
+from . import cluster as _cluster, masks as _masks, nms as _nms  # noqa: F401
+from . import patches as _patches, roi as _roi  # noqa: F401
+from .cluster import *  # noqa: F401,F403
+from .masks import *  # noqa: F401,F403
+from .nms import *  # noqa: F401,F403
+from .patches import *  # noqa: F401,F403
+from .roi import *  # noqa: F401,F403
 
-__all__ = ["multilevel_roi_align", "roi_align", "roi_pool"]
-from .nms import batched_nms, box_iou, fast_nms, matrix_nms, nms
-
-__all__ += ["batched_nms", "box_iou", "fast_nms", "matrix_nms", "nms"]
-from .masks import assemble_masks, paste_masks  # noqa: E402
-__all__ += ["assemble_masks", "paste_masks"]
-from .cluster import cluster_seeds  # noqa: E402
-__all__ += ["cluster_seeds"]
-from .patches import boundary_patches, crop_patches, reassemble_patches  # noqa: E402
-__all__ += ["boundary_patches", "crop_patches", "reassemble_patches"]
+__all__ = sorted(
+    [*_roi.__all__, *_nms.__all__, *_masks.__all__, *_cluster.__all__, *_patches.__all__]
+)

@@ -61,7 +61,6 @@ from torch import Tensor
 
 __all__ = ["cluster_seeds", "exp_p", "sigmoid_p", "tanh_p", "grid_coordinates"]
 
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------
@@ -168,53 +167,6 @@ def grid_coordinates(n: int, grid_n: int, extent: float, dtype: torch.dtype,
 
 
 # --------------------------------------------------------------------------------------
-# validation
-# --------------------------------------------------------------------------------------
-
-
-def _pair(v: object, name: str, kind: type) -> Tuple:
-    op = "cluster_seeds"
-    if not isinstance(v, (tuple, list)) or len(v) != 2:
-        raise ValueError(f"{op}: `{name}` must be a pair, got {v!r}")
-    if kind is int and not all(isinstance(e, int) and not isinstance(e, bool) for e in v):
-        raise ValueError(f"{op}: `{name}` must be a pair of ints, got {v!r}")
-    return tuple(kind(e) for e in v)
-
-
-def _validate(prediction: object, n_sigma: int, threshold: float, seed_threshold: float,
-              min_pixels: int, grid: Sequence[int], extent: Sequence[float],
-              max_instances: Optional[int]) -> Tuple[Tuple[int, int], Tuple[float, float]]:
-    op = "cluster_seeds"
-    if not isinstance(prediction, Tensor):
-        raise TypeError(f"{op}: `prediction` must be a Tensor, got {type(prediction).__name__}")
-    if prediction.dtype not in _FLOATS:
-        raise TypeError(f"{op}: `prediction` must be float32, float64, float16 or bfloat16, "
-                        f"got {prediction.dtype}")
-    if n_sigma not in (1, 2) or isinstance(n_sigma, bool):
-        raise ValueError(f"{op}: `n_sigma` must be 1 or 2, got {n_sigma!r}")
-    if prediction.dim() != 3:
-        raise ValueError(f"{op}: `prediction` must be [3 + n_sigma, H, W], "
-                         f"got shape {tuple(prediction.shape)}")
-    if prediction.size(0) != 3 + n_sigma:
-        raise ValueError(f"{op}: `prediction` must have 3 + n_sigma = {3 + n_sigma} channels "
-                         f"(n_sigma = {n_sigma}), got shape {tuple(prediction.shape)}")
-    for name, t in (("threshold", threshold), ("seed_threshold", seed_threshold)):
-        if math.isnan(float(t)):
-            raise ValueError(f"{op}: `{name}` must not be NaN")
-    if int(min_pixels) < 0:
-        raise ValueError(f"{op}: `min_pixels` must be >= 0, got {min_pixels}")
-    g = _pair(grid, "grid", int)
-    if min(g) < 2:
-        raise ValueError(f"{op}: `grid` entries must be >= 2, got {g}")
-    e = _pair(extent, "extent", float)
-    if not all(math.isfinite(v) for v in e):
-        raise ValueError(f"{op}: `extent` must be finite, got {e}")
-    if max_instances is not None and int(max_instances) < 0:
-        raise ValueError(f"{op}: `max_instances` must be >= 0, got {max_instances}")
-    return g, e
-
-
-# --------------------------------------------------------------------------------------
 # cluster_seeds
 # --------------------------------------------------------------------------------------
 
@@ -243,8 +195,7 @@ def cluster_seeds(prediction: Tensor, n_sigma: int = 1, threshold: float = 0.5,
         none), scores in the acc dtype; with ``max_instances``:
         ``(instance_map, scores [max_instances] padded with 0, count int64 0-dim)``.
     """
-    (grid_y, grid_x), (extent_y, extent_x) = _validate(
-        prediction, n_sigma, threshold, seed_threshold, min_pixels, grid, extent, max_instances)
+    (grid_y, grid_x), (extent_y, extent_x) = (int(g) for g in grid), (float(e) for e in extent)
     min_pixels = int(min_pixels)
     dev = prediction.device
     acc = torch.float64 if prediction.dtype == torch.float64 else torch.float32

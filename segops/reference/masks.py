@@ -77,18 +77,15 @@ Deliberate differences from the originals, part of segops' spec and so of these 
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_float as _check_float
+from .. import _args
 
 __all__ = ["assemble_masks", "paste_masks", "yolact_crop", "sanitize_coordinates"]
-
-_MODES = ("detectron2", "torchvision")
 
 
 # --------------------------------------------------------------------------------------
@@ -102,25 +99,7 @@ def _acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
 
 
 def _size_pair(v: object, op: str) -> Tuple[int, int]:
-    if isinstance(v, bool):
-        raise TypeError(f"{op}: `image_size` must be an int or a pair of ints, got {v!r}")
-    if isinstance(v, int):
-        h = w = v
-    elif isinstance(v, (tuple, list, torch.Size)) and len(v) == 2 and all(
-            isinstance(s, int) and not isinstance(s, bool) for s in v):
-        h, w = v
-    else:
-        raise TypeError(f"{op}: `image_size` must be an int or a pair of ints, got {v!r}")
-    if h < 0 or w < 0:
-        raise ValueError(f"{op}: `image_size` must be non-negative, got {(h, w)}")
-    return int(h), int(w)
-
-
-def _check_threshold(threshold: Optional[float], op: str, allow_none: bool) -> None:
-    if threshold is None and allow_none:
-        return
-    if not isinstance(threshold, (int, float)) or math.isnan(float(threshold)):
-        raise ValueError(f"{op}: `threshold` must be a number (not NaN), got {threshold!r}")
+    return _args.size_pair(op, "image_size", v)
 
 
 def _threshold(threshold: float, dtype: torch.dtype, device) -> Tensor:
@@ -186,23 +165,7 @@ def assemble_masks(protos: Tensor, coeffs: Tensor, boxes: Tensor, padding: int =
         if there are detections to resize but ``H`` or ``W`` is 0).
     """
     op = "assemble_masks"
-    _check_float(protos, op, "protos")
-    if protos.dim() != 3:
-        raise ValueError(f"{op}: `protos` must be a Tensor[H, W, k], got {tuple(protos.shape)}")
-    if not isinstance(coeffs, Tensor) or coeffs.dim() != 2 or coeffs.size(1) != protos.size(2):
-        shape = tuple(coeffs.shape) if isinstance(coeffs, Tensor) else type(coeffs).__name__
-        raise ValueError(f"{op}: `coeffs` must be a Tensor[N, {protos.size(2)}], got {shape}")
-    if coeffs.dtype != protos.dtype:
-        raise TypeError(f"{op}: `coeffs` must have protos' dtype {protos.dtype}, "
-                        f"got {coeffs.dtype}")
-    _check_float(boxes, op, "boxes")
-    if boxes.dim() != 2 or boxes.size(1) != 4 or boxes.size(0) != coeffs.size(0):
-        raise ValueError(f"{op}: `boxes` must be a Tensor[{coeffs.size(0)}, 4], "
-                         f"got {tuple(boxes.shape)}")
-    if not isinstance(padding, int) or isinstance(padding, bool):
-        raise TypeError(f"{op}: `padding` must be an int, got {padding!r}")
     size = None if image_size is None else _size_pair(image_size, op)
-    _check_threshold(threshold, op, allow_none=False)
 
     H, W, _ = protos.shape
     N = coeffs.size(0)
@@ -214,9 +177,6 @@ def assemble_masks(protos: Tensor, coeffs: Tensor, boxes: Tensor, padding: int =
     if size is None:
         return cropped
     h, w = size
-    if (H == 0 or W == 0) and N * h * w > 0:
-        raise ValueError(f"{op}: `protos` must have H, W >= 1 to be resized to {(h, w)}, "
-                         f"got {tuple(protos.shape)}")
     if N == 0 or h == 0 or w == 0:
         return torch.zeros(N, h, w, dtype=torch.bool, device=protos.device)
     up = F.interpolate(cropped[None], (h, w), mode="bilinear", align_corners=False)[0]
@@ -304,21 +264,9 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_size: Union[int, Sequence[in
     Returns:
         bool ``Tensor[N, H, W]``, or masks' dtype when ``threshold is None``.
     """
-    op = "paste_masks"
-    _check_float(masks, op, "masks")
     if masks.dim() == 4 and masks.size(1) == 1:
         masks = masks[:, 0]
-    if masks.dim() != 3 or masks.size(1) < 1 or masks.size(2) < 1:
-        raise ValueError(f"{op}: `masks` must be a Tensor[N, Mh, Mw] or [N, 1, Mh, Mw] with "
-                         f"Mh, Mw >= 1, got {tuple(masks.shape)}")
-    _check_float(boxes, op, "boxes")
-    if boxes.dim() != 2 or boxes.size(1) != 4 or boxes.size(0) != masks.size(0):
-        raise ValueError(f"{op}: `boxes` must be a Tensor[{masks.size(0)}, 4], "
-                         f"got {tuple(boxes.shape)}")
-    H, W = _size_pair(image_size, op)
-    if mode not in _MODES:
-        raise ValueError(f"{op}: `mode` must be one of {_MODES}, got {mode!r}")
-    _check_threshold(threshold, op, allow_none=True)
+    H, W = _size_pair(image_size, "paste_masks")
 
     geo = _acc_dtype(masks.dtype, boxes.dtype)
     m, b = masks.to(geo), boxes.to(device=masks.device, dtype=geo)

@@ -49,48 +49,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_float as _check_float
-from ._checks import check_tensor as _check_tensor
 
 __all__ = ["box_iou", "nms", "batched_nms", "fast_nms", "matrix_nms"]
 
-
-
-# --------------------------------------------------------------------------------------
-# validation
-# --------------------------------------------------------------------------------------
-
-
-def _check_boxes(boxes: object, op: str) -> Tensor:
-    boxes = _check_tensor(boxes, op, "boxes")
-    _check_float(boxes, op, "boxes")
-    if boxes.dim() != 2 or boxes.size(1) != 4:
-        raise ValueError(f"{op}: `boxes` must be a Tensor[N, 4], got shape {tuple(boxes.shape)}")
-    return boxes
-
-
-def _check_same_device(op: str, **tensors: Tensor) -> None:
-    devices = {name: t.device for name, t in tensors.items()}
-    first = next(iter(devices.values()))
-    for name, dev in devices.items():
-        if dev != first:
-            desc = ", ".join(f"`{n}` on {d}" for n, d in devices.items())
-            raise ValueError(f"{op}: all tensors must be on the same device, got {desc}")
-
-
-def _check_count(value: Optional[int], op: str, name: str) -> None:
-    if value is not None and int(value) < 0:
-        raise ValueError(f"{op}: `{name}` must be >= 0, got {value}")
-
-
-def _check_nms_args(op: str, boxes: Tensor, scores: Tensor, max_out: Optional[int]) -> None:
-    _check_boxes(boxes, op)
-    scores = _check_tensor(scores, op, "scores")
-    _check_float(scores, op, "scores")
-    if scores.dim() != 1 or scores.size(0) != boxes.size(0):
-        raise ValueError(f"{op}: `scores` must be a Tensor[N] with N = {boxes.size(0)} (the "
-                         f"number of boxes), got shape {tuple(scores.shape)}")
-    _check_count(max_out, op, "max_out")
 
 
 # --------------------------------------------------------------------------------------
@@ -197,22 +158,12 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float,
     A box is suppressed by a kept higher-ranked box when their IoU is ``> iou_threshold``.
     With ``max_out=K``: ``(keep int64[K] padded with -1, count int64[])``.
     """
-    _check_nms_args("nms", boxes, scores, max_out)
-    _check_same_device("nms", boxes=boxes, scores=scores)
     return _maybe_padded(_greedy(boxes, scores, iou_threshold, None), max_out)
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float,
                 max_out: Optional[int] = None) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Greedy NMS within each ``idxs`` value; the result is ordered as ``nms``'s."""
-    _check_nms_args("batched_nms", boxes, scores, max_out)
-    idxs = _check_tensor(idxs, "batched_nms", "idxs")
-    if idxs.is_floating_point() or idxs.is_complex() or idxs.dtype == torch.bool:
-        raise TypeError(f"batched_nms: `idxs` must be an integer tensor, got {idxs.dtype}")
-    if idxs.dim() != 1 or idxs.size(0) != boxes.size(0):
-        raise ValueError(f"batched_nms: `idxs` must be a Tensor[N] with N = {boxes.size(0)}, "
-                         f"got shape {tuple(idxs.shape)}")
-    _check_same_device("batched_nms", boxes=boxes, scores=scores, idxs=idxs)
     return _maybe_padded(_greedy(boxes, scores, iou_threshold, idxs), max_out)
 
 
@@ -241,16 +192,6 @@ def fast_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5, top_k: i
     three have length ``max_detections`` (``top_k`` when ``cross_class``), padded with
     ``-1, -1, 0``, and a fourth element ``count int64[]``.
     """
-    op = "fast_nms"
-    _check_boxes(boxes, op)
-    scores = _check_tensor(scores, op, "scores")
-    _check_float(scores, op, "scores")
-    if scores.dim() != 2 or scores.size(1) != boxes.size(0):
-        raise ValueError(f"{op}: `scores` must be a Tensor[C, N] with N = {boxes.size(0)} (the "
-                         f"number of boxes), got shape {tuple(scores.shape)}")
-    _check_count(top_k, op, "top_k")
-    _check_count(max_detections, op, "max_detections")
-    _check_same_device(op, boxes=boxes, scores=scores)
     top_k, max_detections = int(top_k), int(max_detections)
     C, N = scores.shape
     dev = boxes.device
@@ -306,26 +247,7 @@ def fast_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5, top_k: i
 def matrix_nms(masks: Tensor, labels: Tensor, scores: Tensor, kernel: str = "gaussian",
                sigma: float = 2.0) -> Tensor:
     """SOLOv2's Matrix NMS: decayed scores ``[N]`` in the input order."""
-    op = "matrix_nms"
-    masks = _check_tensor(masks, op, "masks")
-    labels = _check_tensor(labels, op, "labels")
-    scores = _check_tensor(scores, op, "scores")
-    if masks.dim() != 3:
-        raise ValueError(f"{op}: `masks` must be a Tensor[N, H, W], got shape "
-                         f"{tuple(masks.shape)}")
-    _check_float(scores, op, "scores")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"{op}: `labels` must be an integer tensor, got {labels.dtype}")
     N = masks.size(0)
-    if labels.dim() != 1 or labels.size(0) != N:
-        raise ValueError(f"{op}: `labels` must be a Tensor[N] with N = {N} (the number of "
-                         f"masks), got shape {tuple(labels.shape)}")
-    if scores.dim() != 1 or scores.size(0) != N:
-        raise ValueError(f"{op}: `scores` must be a Tensor[N] with N = {N} (the number of "
-                         f"masks), got shape {tuple(scores.shape)}")
-    if kernel not in ("gaussian", "linear"):
-        raise ValueError(f"{op}: `kernel` must be 'gaussian' or 'linear', got {kernel!r}")
-    _check_same_device(op, masks=masks, labels=labels, scores=scores)
     if N == 0:
         return scores.clone()
 

@@ -58,15 +58,13 @@ reference:
 
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_float as _check_float
-from ._checks import check_tensor as _check_tensor
+from .. import _args
 from .roi import roi_align
 
 __all__ = [
@@ -74,73 +72,6 @@ __all__ = [
     "boundary_scores", "candidates", "patch_nms", "shift_into_image", "patch_iou",
     "crop_mask", "resize_probs", "patch_means",
 ]
-
-
-# --------------------------------------------------------------------------------------
-# validation
-# --------------------------------------------------------------------------------------
-
-
-def _check_mask_dtype(t: Tensor, op: str, name: str) -> None:
-    if t.is_floating_point() or t.is_complex():
-        raise TypeError(f"{op}: `{name}` must be bool (or an integer dtype, nonzero = "
-                        f"foreground), got {t.dtype}")
-
-
-def _check_int64(t: Tensor, op: str, name: str) -> None:
-    if t.dtype != torch.int64:
-        raise TypeError(f"{op}: `{name}` must be int64, got {t.dtype}")
-
-
-def _check_same_device(op: str, **tensors: Tensor) -> None:
-    first_name, first = next(iter(tensors.items()))
-    for name, t in tensors.items():
-        if t.device != first.device:
-            raise ValueError(f"{op}: `{name}` must be on the device of `{first_name}` "
-                             f"({first.device}), got {t.device}")
-
-
-def _check_range(t: Tensor, hi: int, op: str, name: str) -> None:
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= hi):
-        bad = t[(t < 0) | (t >= hi)][0]
-        raise ValueError(f"{op}: `{name}` must be in [0, {hi}), got {int(bad)}")
-
-
-def _check_patch_args(op: str, masks: Tensor, boxes: Tensor, instance_index: Tensor) -> int:
-    """Checks masks [N, H, W] bool, boxes int64 [P, 4], instance_index int64 [P] in [0, N).
-    Returns P."""
-    if masks.dim() != 3:
-        raise ValueError(f"{op}: `masks` must be a Tensor[N, H, W], got {tuple(masks.shape)}")
-    _check_tensor(boxes, op, "boxes")
-    _check_int64(boxes, op, "boxes")
-    if boxes.dim() != 2 or boxes.size(1) != 4:
-        raise ValueError(f"{op}: `boxes` must be a Tensor[P, 4], got {tuple(boxes.shape)}")
-    P = boxes.size(0)
-    _check_tensor(instance_index, op, "instance_index")
-    _check_int64(instance_index, op, "instance_index")
-    if instance_index.dim() != 1 or instance_index.size(0) != P:
-        raise ValueError(f"{op}: `instance_index` must be a Tensor[{P}] (one per box), "
-                         f"got {tuple(instance_index.shape)}")
-    return P
-
-
-def _size_pair(v: object, op: str, name: str) -> Tuple[int, int]:
-    if isinstance(v, int) and not isinstance(v, bool):
-        v = (v, v)
-    if (not isinstance(v, (tuple, list, torch.Size)) or len(v) != 2
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in v)):
-        raise TypeError(f"{op}: `{name}` must be an int or a pair of ints, got {v!r}")
-    if v[0] < 0 or v[1] < 0:
-        raise ValueError(f"{op}: `{name}` must be non-negative, got {tuple(v)}")
-    return int(v[0]), int(v[1])
-
-
-def _check_number(v: object, op: str, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"{op}: `{name}` must be a float, got {type(v).__name__}")
-    if math.isnan(float(v)):
-        raise ValueError(f"{op}: `{name}` must not be NaN")
-    return float(v)
 
 
 # --------------------------------------------------------------------------------------
@@ -224,19 +155,7 @@ def boundary_patches(masks: Tensor, patch_size: int = 64, iou_threshold: float =
         ``(boxes [max_out, 4], instance_index [max_out], scores [max_out], count)``, the
         first ``max_out`` rows, padded with 0 / -1 / 0, and ``count`` an int64 0-dim tensor.
     """
-    op = "boundary_patches"
-    _check_tensor(masks, op, "masks")
-    _check_mask_dtype(masks, op, "masks")
-    if masks.dim() != 3:
-        raise ValueError(f"{op}: `masks` must be a Tensor[N, H, W], got {tuple(masks.shape)}")
-    if (isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 2
-            or patch_size % 2):
-        raise ValueError(f"{op}: `patch_size` must be an even int >= 2, got {patch_size!r}")
-    iou_threshold = _check_number(iou_threshold, op, "iou_threshold")
-    if max_out is not None:
-        if isinstance(max_out, bool) or not isinstance(max_out, int) or max_out < 0:
-            raise ValueError(f"{op}: `max_out` must be None or an int >= 0, got {max_out!r}")
-
+    iou_threshold = float(iou_threshold)
     p = patch_size
     dev = masks.device
     N, H, W = masks.shape
@@ -304,30 +223,9 @@ def crop_patches(images: Tensor, masks: Tensor, boxes: Tensor, instance_index: T
         crop of the mask resampled by ``F.interpolate(mode="nearest")``. Boxes with
         ``x2 <= x1`` or ``y2 <= y1`` give zeros and False.
     """
-    op = "crop_patches"
-    _check_tensor(images, op, "images")
-    _check_float(images, op, "images")
-    if images.dim() != 4:
-        raise ValueError(f"{op}: `images` must be a Tensor[B, C, H, W], "
-                         f"got {tuple(images.shape)}")
-    _check_tensor(masks, op, "masks")
-    _check_mask_dtype(masks, op, "masks")
-    P = _check_patch_args(op, masks, boxes, instance_index)
+    P = boxes.size(0)
     B, C, H, W = images.shape
-    N = masks.size(0)
-    if tuple(masks.shape[1:]) != (H, W):
-        raise ValueError(f"{op}: `masks` must be a Tensor[N, {H}, {W}] (the images' size), "
-                         f"got {tuple(masks.shape)}")
-    _check_tensor(batch_index, op, "batch_index")
-    _check_int64(batch_index, op, "batch_index")
-    if batch_index.dim() != 1 or batch_index.size(0) != N:
-        raise ValueError(f"{op}: `batch_index` must be a Tensor[{N}] (one per instance), "
-                         f"got {tuple(batch_index.shape)}")
-    s_h, s_w = _size_pair(output_size, op, "output_size")
-    _check_same_device(op, images=images, masks=masks, boxes=boxes,
-                       instance_index=instance_index, batch_index=batch_index)
-    _check_range(instance_index, N, op, "instance_index")
-    _check_range(batch_index, B, op, "batch_index")
+    s_h, s_w = _args.size_pair("crop_patches", "output_size", output_size)
     masks = masks != 0
 
     image_patches = images.new_zeros(P, C, s_h, s_w)
@@ -379,21 +277,7 @@ def reassemble_patches(masks: Tensor, patch_probs: Tensor, boxes: Tensor,
         (resized to the box when ``(h, w)`` differs) over its box; ``acc / cnt > threshold``
         where ``cnt > 0`` (both in acc's dtype), the coarse mask elsewhere.
     """
-    op = "reassemble_patches"
-    _check_tensor(masks, op, "masks")
-    _check_mask_dtype(masks, op, "masks")
-    _check_tensor(patch_probs, op, "patch_probs")
-    _check_float(patch_probs, op, "patch_probs")
-    P = _check_patch_args(op, masks, boxes, instance_index)
-    if patch_probs.dim() != 3 or patch_probs.size(0) != P:
-        raise ValueError(f"{op}: `patch_probs` must be a Tensor[{P}, h, w] (one per box), "
-                         f"got {tuple(patch_probs.shape)}")
-    threshold = _check_number(threshold, op, "threshold")
-    _check_same_device(op, masks=masks, patch_probs=patch_probs, boxes=boxes,
-                       instance_index=instance_index)
-    N, H, W = masks.shape
-    _check_range(instance_index, N, op, "instance_index")
-
+    threshold = float(threshold)
     acc_dtype = torch.float64 if patch_probs.dtype == torch.float64 else torch.float32
     thr = torch.tensor(threshold, dtype=acc_dtype, device=masks.device)  # rounded to acc
     mean, covered = patch_means(masks, patch_probs, boxes, instance_index)

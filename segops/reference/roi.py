@@ -46,6 +46,8 @@ from typing import List, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from .. import _args
+
 __all__ = ["roi_align", "roi_pool", "roi_pool_with_argmax", "convert_boxes_to_rois",
            "multilevel_roi_align", "level_values", "map_levels"]
 
@@ -57,15 +59,7 @@ _POOL_LIMIT = float(1 << 30)
 
 
 def _pair(v: Union[int, Sequence[int]]) -> Tuple[int, int]:
-    if isinstance(v, (list, tuple)):
-        if len(v) != 2:
-            raise ValueError(f"output_size must be an int or a pair of ints, got {v!r}")
-        h, w = int(v[0]), int(v[1])
-    else:
-        h = w = int(v)
-    if h < 0 or w < 0:
-        raise ValueError(f"output_size must be non-negative, got {(h, w)}")
-    return h, w
+    return _args.size_pair("roi_align", "output_size", v)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -76,14 +70,9 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def convert_boxes_to_rois(boxes: BoxesType, dtype: torch.dtype, device: torch.device) -> Tensor:
     """``Tensor[K, 5]`` or ``list[Tensor[L_i, 4]]`` -> ``Tensor[K, 5]`` of ``dtype``."""
     if isinstance(boxes, Tensor):
-        if boxes.dim() != 2 or boxes.size(1) != 5:
-            raise ValueError(f"boxes must be a Tensor[K, 5], got shape {tuple(boxes.shape)}")
         return boxes.to(device=device, dtype=dtype)
     parts = []
     for i, b in enumerate(boxes):
-        if not isinstance(b, Tensor) or b.dim() != 2 or b.size(1) != 4:
-            shape = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
-            raise ValueError(f"boxes[{i}] must be a Tensor[L, 4], got {shape}")
         b = b.to(device=device, dtype=dtype)
         parts.append(torch.cat([torch.full_like(b[:, :1], i), b], dim=1))
     if not parts:
@@ -91,30 +80,18 @@ def convert_boxes_to_rois(boxes: BoxesType, dtype: torch.dtype, device: torch.de
     return torch.cat(parts, dim=0)
 
 
-def _batch_indices(rois: Tensor, batch_size: int) -> List[int]:
+def _batch_indices(rois: Tensor) -> List[int]:
     # C++ reads the index with a truncating float -> int conversion.
-    idx = [int(v) for v in rois[:, 0].tolist()]
-    bad = [i for i in idx if not 0 <= i < batch_size]
-    if bad:
-        raise ValueError(f"boxes: batch index must be in [0, {batch_size}), got {bad[0]}")
-    return idx
-
-
-def _check_input(input: Tensor) -> None:
-    if not input.is_floating_point():
-        raise TypeError(f"input must be a floating point tensor, got {input.dtype}")
-    if input.dim() != 4:
-        raise ValueError(f"input must be a Tensor[N, C, H, W], got shape {tuple(input.shape)}")
+    return [int(v) for v in rois[:, 0].tolist()]
 
 
 def _prepare(input: Tensor, boxes: BoxesType, output_size, spatial_scale: float):
-    """Checked input in the compute dtype, rois, their batch indices, the scale as a
-    tensor of the compute dtype, and the output size."""
-    _check_input(input)
+    """The input in the compute dtype, rois, their batch indices, the scale as a tensor of
+    the compute dtype, and the output size (arguments are not validated: the ops do that)."""
     pooled = _pair(output_size)
     dt = _compute_dtype(input.dtype)
     rois = convert_boxes_to_rois(boxes, dt, input.device)
-    idx = _batch_indices(rois, input.shape[0])
+    idx = _batch_indices(rois)
     scale = torch.tensor(float(spatial_scale), dtype=dt, device=input.device)
     return input.to(dt), rois, idx, scale, pooled
 
@@ -381,10 +358,6 @@ def multilevel_roi_align(features: Sequence[Tensor], boxes: BoxesType,
     for half types). ``mode="all"`` (PANet): every RoI from every level, ``[L, K, C, h, w]``.
     Differentiable w.r.t. every level of ``features``.
     """
-    if mode not in ("assign", "all"):
-        raise ValueError(f"mode must be 'assign' or 'all', got {mode!r}")
-    if len(features) == 0 or len(features) != len(spatial_scales):
-        raise ValueError("features and spatial_scales must be non-empty and of equal length")
     f0 = features[0]
     rois = convert_boxes_to_rois(boxes, _compute_dtype(f0.dtype), f0.device)
     if mode == "all":

@@ -237,47 +237,6 @@ def _p(*shape, dtype=torch.float32):
 
 _B = torch.tensor([[0.1, 0.1, 0.8, 0.8]])
 
-# (protos, coeffs, boxes, kwargs, exception, the argument the message names)
-BAD_INPUTS = [
-    pytest.param([[1.0]], _p(1, 3), _B, {}, TypeError, "protos", id="protos-list"),
-    pytest.param(_p(4, 4, 3).long(), _p(1, 3), _B, {}, TypeError, "protos", id="protos-int"),
-    pytest.param(_p(4, 4), _p(1, 3), _B, {}, ValueError, "protos", id="protos-2d"),
-    pytest.param(_p(1, 4, 4, 3), _p(1, 3), _B, {}, ValueError, "protos", id="protos-4d"),
-    pytest.param(_p(4, 4, 3), _p(1, 2), _B, {}, ValueError, "coeffs", id="coeffs-k"),
-    pytest.param(_p(4, 4, 3), _p(3), _B, {}, ValueError, "coeffs", id="coeffs-1d"),
-    pytest.param(_p(4, 4, 3), _p(1, 3).double(), _B, {}, TypeError, "coeffs",
-                 id="coeffs-dtype"),
-    pytest.param(_p(4, 4, 3), _p(1, 3).long(), _B, {}, TypeError, "coeffs", id="coeffs-int"),
-    pytest.param(_p(4, 4, 3), _p(1, 3), _B.long(), {}, TypeError, "boxes", id="boxes-int"),
-    pytest.param(_p(4, 4, 3), _p(1, 3), _B[:, :3], {}, ValueError, "boxes", id="boxes-Nx3"),
-    pytest.param(_p(4, 4, 3), _p(2, 3), _B, {}, ValueError, "boxes", id="boxes-N"),
-    pytest.param(_p(4, 4, 3), _p(1, 3), _B[0], {}, ValueError, "boxes", id="boxes-1d"),
-    pytest.param(_p(4, 4, 3), _p(1, 3).to("meta"), _B, {}, ValueError, "coeffs",
-                 id="coeffs-device"),
-    pytest.param(_p(4, 4, 3), _p(1, 3), _B.to("meta"), {}, ValueError, "boxes",
-                 id="boxes-device"),
-    pytest.param(_p(4, 4, 3), _p(1, 3), _B, {"padding": 1.5}, TypeError, "padding",
-                 id="padding-float"),
-    pytest.param(_p(4, 4, 3), _p(1, 3), _B, {"padding": None}, TypeError, "padding",
-                 id="padding-none"),
-    pytest.param(_p(4, 4, 3), _p(1, 3), _B, {"image_size": (4, -1)}, ValueError,
-                 "image_size", id="size-negative"),
-    pytest.param(_p(4, 4, 3), _p(1, 3), _B, {"image_size": (4, 4, 4)}, TypeError,
-                 "image_size", id="size-triple"),
-    pytest.param(_p(4, 4, 3), _p(1, 3), _B, {"image_size": (4.0, 4)}, TypeError,
-                 "image_size", id="size-float"),
-    pytest.param(_p(4, 4, 3), _p(1, 3), _B, {"image_size": "4"}, TypeError, "image_size",
-                 id="size-str"),
-    pytest.param(_p(4, 4, 3), _p(1, 3), _B, {"image_size": 4, "threshold": math.nan},
-                 ValueError, "threshold", id="threshold-nan"),
-]
-
-
-@pytest.mark.parametrize("protos,coeffs,boxes,kwargs,exc,name", BAD_INPUTS)
-def test_bad_input(protos, coeffs, boxes, kwargs, exc, name):
-    with pytest.raises(exc, match=f"`{name}`"):
-        segops.assemble_masks(protos, coeffs, boxes, **kwargs)
-
 
 # ======================================================================================
 # gradcheck, opcheck, torch.compile, autocast
@@ -304,44 +263,6 @@ def test_gradcheck(device):
     assert fn(protos, coeffs).abs().max() > 0
     assert torch.autograd.gradcheck(fn, (protos, coeffs))
 
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_opcheck(device, dtype):
-    protos, coeffs, boxes = _small(device, dtype)
-    args = (protos.requires_grad_(True), coeffs.requires_grad_(True), boxes, 1)
-    torch.library.opcheck(torch.ops.segops.assemble_masks.default, args)
-    torch.library.opcheck(torch.ops.segops.assemble_masks_upsampled.default,
-                          (*args, 11, 6, 0.5))
-    assert torch.ops.segops.assemble_masks_upsampled(*args, 11, 6, 0.5).any()
-
-
-@pytest.mark.no_cuda_emu  # dynamo does not trace under the emulator's dispatch mode
-def test_torch_compile_fullgraph(device):
-    def f(protos, coeffs, boxes, masks, abs_boxes):
-        soft = segops.assemble_masks(protos, coeffs, boxes)
-        hard = segops.assemble_masks(protos, coeffs, boxes, image_size=(9, 13), threshold=0.4)
-        pasted = segops.paste_masks(masks, abs_boxes, (12, 10))
-        pasted_tv = segops.paste_masks(masks, abs_boxes, (12, 10), None, mode="torchvision")
-        return soft * 2, hard, pasted, pasted_tv
-
-    protos, coeffs, boxes = _small(device, torch.float32)
-    masks = torch.rand(3, 6, 5, generator=torch.Generator().manual_seed(5)).to(device)
-    abs_boxes = torch.tensor([[1.0, 2.0, 8.5, 9.0], [0.0, 0.0, 10.0, 12.0],
-                              [3.0, 5.0, 6.0, 7.0]], device=device)
-    torch._dynamo.reset()
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    outs, grads = [], []
-    for fn in (f, compiled):
-        pr = protos.clone().requires_grad_(True)
-        res = fn(pr, coeffs, boxes, masks, abs_boxes)
-        res[0].pow(2).sum().backward()
-        outs.append(res)
-        grads.append(pr.grad)
-    for a, b in zip(outs[1], outs[0]):
-        assert b.any()
-        assert torch.equal(a, b)
-    assert grads[0].abs().max() > 0
-    torch.testing.assert_close(grads[1], grads[0])
 
 
 def test_autocast_cpu():

@@ -195,52 +195,6 @@ def _m(*shape, dtype=torch.float32):
 
 _BX = torch.tensor([[1.0, 1.0, 5.0, 6.0]])
 
-# (masks, boxes, image_size, kwargs, exception, the argument the message names)
-BAD_INPUTS = [
-    pytest.param([[0.5]], _BX, (8, 8), {}, TypeError, "masks", id="masks-list"),
-    pytest.param(_m(1, 4, 4).long(), _BX, (8, 8), {}, TypeError, "masks", id="masks-int"),
-    pytest.param(_m(1, 4, 4).bool(), _BX, (8, 8), {}, TypeError, "masks", id="masks-bool"),
-    pytest.param(_m(4, 4), _BX, (8, 8), {}, ValueError, "masks", id="masks-2d"),
-    pytest.param(_m(1, 2, 4, 4), _BX, (8, 8), {}, ValueError, "masks", id="masks-4d-C2"),
-    pytest.param(_m(1, 0, 4), _BX, (8, 8), {}, ValueError, "masks", id="masks-Mh0"),
-    pytest.param(_m(1, 4, 0), _BX, (8, 8), {}, ValueError, "masks", id="masks-Mw0"),
-    pytest.param(_m(1, 4, 4), _BX.long(), (8, 8), {}, TypeError, "boxes", id="boxes-int"),
-    pytest.param(_m(1, 4, 4), [[1.0, 1.0, 5.0, 6.0]], (8, 8), {}, TypeError, "boxes",
-                 id="boxes-list"),
-    pytest.param(_m(1, 4, 4), _BX[:, :3], (8, 8), {}, ValueError, "boxes", id="boxes-Nx3"),
-    pytest.param(_m(2, 4, 4), _BX, (8, 8), {}, ValueError, "boxes", id="boxes-N"),
-    pytest.param(_m(1, 4, 4), _BX[0], (8, 8), {}, ValueError, "boxes", id="boxes-1d"),
-    pytest.param(_m(1, 4, 4), _BX.to("meta"), (8, 8), {}, ValueError, "boxes",
-                 id="boxes-device"),
-    pytest.param(_m(1, 4, 4), _BX, (8, -1), {}, ValueError, "image_size", id="size-negative"),
-    pytest.param(_m(1, 4, 4), _BX, (8, 8, 8), {}, TypeError, "image_size", id="size-triple"),
-    pytest.param(_m(1, 4, 4), _BX, (8.0, 8), {}, TypeError, "image_size", id="size-float"),
-    pytest.param(_m(1, 4, 4), _BX, None, {}, TypeError, "image_size", id="size-none"),
-    pytest.param(_m(1, 4, 4), _BX, (8, 8), {"mode": "mmdet"}, ValueError, "mode",
-                 id="mode-unknown"),
-    pytest.param(_m(1, 4, 4), _BX, (8, 8), {"threshold": math.nan}, ValueError, "threshold",
-                 id="threshold-nan"),
-]
-
-
-@pytest.mark.parametrize("masks,boxes,size,kwargs,exc,name", BAD_INPUTS)
-def test_bad_input(masks, boxes, size, kwargs, exc, name):
-    with pytest.raises(exc, match=f"`{name}`"):
-        segops.paste_masks(masks, boxes, size, **kwargs)
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("threshold", [None, 0.5])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_opcheck(device, mode, threshold, dtype):
-    g = torch.Generator().manual_seed(6)
-    masks = torch.rand(3, 5, 4, generator=g).to(dtype).to(device)
-    boxes = torch.tensor([[1.0, 2.0, 8.5, 9.0], [-3.0, 0.0, 10.0, 12.0], [3.0, 5.0, 3.0, 7.0]],
-                         device=device)
-    args = (masks, boxes, 11, 9, threshold, mode)
-    assert torch.ops.segops.paste_masks(*args).any()
-    torch.library.opcheck(torch.ops.segops.paste_masks.default, args)
-
 
 # ======================================================================================
 # CUDA == CPU, bit for bit

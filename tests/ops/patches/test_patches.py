@@ -3,12 +3,11 @@
 image patches bit for bit, equal to ``segops.roi_align``; mask patches; reassembled masks,
 exactly when the patches have the box size and within the rounding band when they are
 resampled) on random instance masks, hand-built cases, every device; the padded form;
-torch.compile and opcheck; bad input; empty inputs; determinism; CUDA == CPU.
+empty inputs; determinism; CUDA == CPU. (Bad input, opcheck and torch.compile are the
+registry's: tests/ops/test_contract.py.)
 """
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
@@ -317,61 +316,6 @@ def test_empty_inputs(device, N, H, W, P):
 # ======================================================================================
 
 
-@pytest.mark.no_cuda_emu  # dynamo does not trace under the emulator's dispatch mode
-def test_boundary_compiles_fullgraph_padded():
-    """The padded form traces without graph breaks (fullgraph=True raises on one)."""
-    import torch._dynamo
-
-    torch._dynamo.reset()
-
-    def f(m):
-        boxes, index, scores, count = segops.boundary_patches(m, 16, 0.25, max_out=48)
-        return boxes + 1, index, scores * 2, count
-
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    for seed in (1, 2):
-        g = torch.Generator().manual_seed(seed)
-        cx, cy = (float(v) for v in torch.rand(2, generator=g) * 40 + 12)
-        m = render_masks(64, 64, [Instance("blob", [(cx, cy, 14.0, 9.0, seed * 0.7)]),
-                                  Instance("pixel", at=(seed, 60))])
-        out = compiled(m)
-        expected = f(m)
-        assert int(expected[3]) > 0
-        assert_patches_equal(out, expected)
-    torch._dynamo.reset()
-
-
-def _opcheck_args(device):
-    m = render_masks(24, 28, [Instance("blob", [(14.0, 12.0, 7.0, 5.0, 0.3)]),
-                              Instance("pixel", at=(0, 27))]).to(device)
-    g = torch.Generator().manual_seed(7)
-    images = torch.randn(2, 3, 24, 28, generator=g).to(device)
-    boxes = torch.tensor([[0, 0, 8, 8], [10, 5, 18, 13], [20, -2, 28, 6]], device=device)
-    index = torch.tensor([0, 0, 1], device=device)
-    bi = torch.tensor([1, 0], device=device)
-    probs = torch.rand(3, 8, 8, generator=g).to(device)
-    return m, images, boxes, index, bi, probs
-
-
-@pytest.mark.parametrize("max_out", [32, 2, -1])
-def test_opcheck_boundary(device, max_out):
-    m = _opcheck_args(device)[0]
-    args = (m, 8, 0.25, max_out)
-    assert int(torch.ops.segops.boundary_patches(*args)[3]) > 0
-    torch.library.opcheck(torch.ops.segops.boundary_patches.default, args)
-
-
-@pytest.mark.parametrize("dtype", ALL_DTYPES)
-def test_opcheck_crop_and_reassemble(device, dtype):
-    m, images, boxes, index, bi, probs = _opcheck_args(device)
-    args = (images.to(dtype), m, boxes, index, bi, 6, 10)
-    img, msk = torch.ops.segops.crop_patches(*args)
-    assert (img != 0).any() and msk.any()
-    torch.library.opcheck(torch.ops.segops.crop_patches.default, args)
-    args = (m, probs.to(dtype), boxes, index, 0.5)
-    assert not torch.equal(torch.ops.segops.reassemble_patches(*args), m)
-    torch.library.opcheck(torch.ops.segops.reassemble_patches.default, args)
-
 
 # ======================================================================================
 # Bad input
@@ -384,115 +328,6 @@ _BI = torch.tensor([0, 0])
 _IMG = torch.zeros(1, 3, 6, 8)
 _PR = torch.zeros(1, 4, 4)
 _EITHER = (TypeError, ValueError)
-
-BOUNDARY_BAD = [
-    pytest.param(dict(masks=_M.numpy()), TypeError, "masks", id="masks-numpy"),
-    pytest.param(dict(masks=[[[True]]]), TypeError, "masks", id="masks-list"),
-    pytest.param(dict(masks=_M.float()), TypeError, "masks", id="masks-float"),
-    pytest.param(dict(masks=_M.half()), TypeError, "masks", id="masks-half"),
-    pytest.param(dict(masks=_M.to(torch.complex64)), TypeError, "masks", id="masks-complex"),
-    pytest.param(dict(masks=_M[0]), ValueError, "masks", id="masks-2d"),
-    pytest.param(dict(masks=_M[None]), ValueError, "masks", id="masks-4d"),
-    pytest.param(dict(patch_size=7), ValueError, "patch_size", id="p-odd"),
-    pytest.param(dict(patch_size=1), ValueError, "patch_size", id="p-1"),
-    pytest.param(dict(patch_size=0), ValueError, "patch_size", id="p-0"),
-    pytest.param(dict(patch_size=-4), ValueError, "patch_size", id="p-negative"),
-    pytest.param(dict(patch_size=8.0), ValueError, "patch_size", id="p-float"),
-    pytest.param(dict(patch_size=None), ValueError, "patch_size", id="p-none"),
-    pytest.param(dict(iou_threshold=math.nan), ValueError, "iou_threshold", id="thr-nan"),
-    pytest.param(dict(max_out=-1), ValueError, "max_out", id="max_out-negative"),
-]
-
-
-@pytest.mark.parametrize("kwargs,exc,name", BOUNDARY_BAD)
-def test_boundary_bad_input(kwargs, exc, name):
-    args = dict(masks=_M, patch_size=8, iou_threshold=0.25, max_out=None)
-    args.update(kwargs)
-    with pytest.raises(exc, match=f"`{name}`"):
-        segops.boundary_patches(**args)
-
-
-CROP_BAD = [
-    pytest.param(dict(images=_IMG.numpy()), TypeError, "images", id="images-numpy"),
-    pytest.param(dict(images=_IMG.long()), TypeError, "images", id="images-int"),
-    pytest.param(dict(images=_IMG.bool()), TypeError, "images", id="images-bool"),
-    pytest.param(dict(images=_IMG[0]), ValueError, "images", id="images-3d"),
-    pytest.param(dict(masks=_M.float()), TypeError, "masks", id="masks-float"),
-    pytest.param(dict(masks=_M[0]), ValueError, "masks", id="masks-2d"),
-    pytest.param(dict(masks=_M[:, :5]), ValueError, "masks", id="masks-H"),
-    pytest.param(dict(masks=_M[:, :, :7]), ValueError, "masks", id="masks-W"),
-    pytest.param(dict(boxes=_BOX.float()), _EITHER, "boxes", id="boxes-float"),
-    pytest.param(dict(boxes=_BOX.int()), _EITHER, "boxes", id="boxes-int32"),
-    pytest.param(dict(boxes=_BOX[:, :3]), ValueError, "boxes", id="boxes-Px3"),
-    pytest.param(dict(boxes=_BOX[0]), ValueError, "boxes", id="boxes-1d"),
-    pytest.param(dict(boxes=[[1, 1, 5, 5]]), TypeError, "boxes", id="boxes-list"),
-    pytest.param(dict(instance_index=torch.tensor([0, 1])), ValueError, "instance_index",
-                 id="instance_index-P"),
-    pytest.param(dict(instance_index=_IDX.int()), _EITHER, "instance_index",
-                 id="instance_index-int32"),
-    pytest.param(dict(instance_index=torch.tensor([2])), ValueError, "instance_index",
-                 id="instance_index-N"),
-    pytest.param(dict(instance_index=torch.tensor([-1])), ValueError, "instance_index",
-                 id="instance_index-negative"),
-    pytest.param(dict(batch_index=torch.tensor([0, 1])), ValueError, "batch_index",
-                 id="batch_index-B"),
-    pytest.param(dict(batch_index=torch.tensor([-1, 0])), ValueError, "batch_index",
-                 id="batch_index-negative"),
-    pytest.param(dict(batch_index=torch.tensor([0])), ValueError, "batch_index",
-                 id="batch_index-N"),
-    pytest.param(dict(batch_index=_BI.int()), _EITHER, "batch_index", id="batch_index-int32"),
-    pytest.param(dict(output_size=(4, 4, 4)), _EITHER, "output_size", id="size-triple"),
-    pytest.param(dict(output_size=-1), _EITHER, "output_size", id="size-negative"),
-    pytest.param(dict(output_size=4.0), _EITHER, "output_size", id="size-float"),
-    pytest.param(dict(boxes=_BOX.to("meta")), ValueError, "device", id="boxes-device"),
-    pytest.param(dict(instance_index=_IDX.to("meta")), ValueError, "device",
-                 id="instance_index-device"),
-    pytest.param(dict(batch_index=_BI.to("meta")), ValueError, "device",
-                 id="batch_index-device"),
-    pytest.param(dict(masks=_M.to("meta")), ValueError, "device", id="masks-device"),
-]
-
-
-@pytest.mark.parametrize("kwargs,exc,name", CROP_BAD)
-def test_crop_bad_input(kwargs, exc, name):
-    args = dict(images=_IMG, masks=_M, boxes=_BOX, instance_index=_IDX, batch_index=_BI,
-                output_size=4)
-    args.update(kwargs)
-    with pytest.raises(exc, match=name if name == "device" else f"`{name}`"):
-        segops.crop_patches(**args)
-
-
-REASSEMBLE_BAD = [
-    pytest.param(dict(masks=_M.float()), TypeError, "masks", id="masks-float"),
-    pytest.param(dict(masks=_M[0]), ValueError, "masks", id="masks-2d"),
-    pytest.param(dict(patch_probs=_PR.long()), TypeError, "patch_probs", id="probs-int"),
-    pytest.param(dict(patch_probs=_PR.bool()), TypeError, "patch_probs", id="probs-bool"),
-    pytest.param(dict(patch_probs=_PR.numpy()), TypeError, "patch_probs", id="probs-numpy"),
-    pytest.param(dict(patch_probs=_PR[0]), ValueError, "patch_probs", id="probs-2d"),
-    pytest.param(dict(patch_probs=torch.zeros(2, 4, 4)), ValueError, "patch_probs",
-                 id="probs-P"),
-    pytest.param(dict(boxes=_BOX.float()), _EITHER, "boxes", id="boxes-float"),
-    pytest.param(dict(boxes=_BOX[:, :3]), ValueError, "boxes", id="boxes-Px3"),
-    pytest.param(dict(instance_index=torch.tensor([2])), ValueError, "instance_index",
-                 id="instance_index-N"),
-    pytest.param(dict(instance_index=torch.tensor([-1])), ValueError, "instance_index",
-                 id="instance_index-negative"),
-    pytest.param(dict(instance_index=torch.tensor([[0]])), ValueError, "instance_index",
-                 id="instance_index-2d"),
-    pytest.param(dict(threshold=math.nan), ValueError, "threshold", id="threshold-nan"),
-    pytest.param(dict(patch_probs=_PR.to("meta")), ValueError, "device", id="probs-device"),
-    pytest.param(dict(boxes=_BOX.to("meta")), ValueError, "device", id="boxes-device"),
-    pytest.param(dict(instance_index=_IDX.to("meta")), ValueError, "device",
-                 id="instance_index-device"),
-]
-
-
-@pytest.mark.parametrize("kwargs,exc,name", REASSEMBLE_BAD)
-def test_reassemble_bad_input(kwargs, exc, name):
-    args = dict(masks=_M, patch_probs=_PR, boxes=_BOX, instance_index=_IDX, threshold=0.5)
-    args.update(kwargs)
-    with pytest.raises(exc, match=name if name == "device" else f"`{name}`"):
-        segops.reassemble_patches(**args)
 
 
 # ======================================================================================

@@ -92,51 +92,6 @@ def test_zero_output_size(device, op):
 
 nan = math.nan
 
-# (input, boxes, kwargs, exception, message regex)
-BAD_INPUTS = [
-    pytest.param(_x(1, 2, 6, 6).long(), _ROIS, {}, TypeError, "input", id="int-input"),
-    pytest.param(_x(1, 2, 6, 6).bool(), _ROIS, {}, TypeError, "input", id="bool-input"),
-    pytest.param(_x(2, 6, 6), _ROIS, {}, ValueError, "input", id="3d-input"),
-    pytest.param(_x(1, 1, 2, 6, 6), _ROIS, {}, ValueError, "input", id="5d-input"),
-    pytest.param(_x(1, 2, 6, 6), _ROIS[:, 1:], {}, ValueError, "boxes", id="boxes-Kx4"),
-    pytest.param(_x(1, 2, 6, 6), _ROIS[0], {}, ValueError, "boxes", id="boxes-1d"),
-    pytest.param(_x(1, 2, 6, 6), _ROIS[None], {}, ValueError, "boxes", id="boxes-3d"),
-    pytest.param(_x(1, 2, 6, 6), _ROIS.long(), {}, TypeError, "boxes", id="int-boxes"),
-    pytest.param(_x(1, 2, 6, 6), [_ROIS], {}, ValueError, "boxes", id="list-Lx5"),
-    pytest.param(_x(1, 2, 6, 6), [_ROIS[0, 1:]], {}, ValueError, "boxes", id="list-1d"),
-    pytest.param(_x(2, 2, 6, 6), [_ROIS[:, 1:], _ROIS[:, 1:, None]], {}, ValueError, "boxes",
-                 id="list-second-3d"),
-    pytest.param(_x(1, 2, 6, 6), torch.tensor([[1, 1.0, 1, 4, 4]]), {}, ValueError,
-                 "batch index", id="batch-index-N"),
-    pytest.param(_x(2, 2, 6, 6), torch.tensor([[0, 1.0, 1, 4, 4], [-1, 1, 1, 4, 4]]), {},
-                 ValueError, "batch index", id="batch-index-negative"),
-    pytest.param(_x(2, 2, 6, 6), torch.tensor([[0, 1.0, 1, 4, 4], [7, 1, 1, 4, 4]]), {},
-                 ValueError, "batch index", id="batch-index-large"),
-    pytest.param(_x(2, 2, 6, 6), torch.tensor([[nan, 1.0, 1, 4, 4]]), {}, ValueError,
-                 "batch index", id="batch-index-nan"),
-    pytest.param(_x(0, 2, 6, 6), _ROIS, {}, ValueError, "batch index", id="batch-index-N=0"),
-    pytest.param(_x(1, 2, 6, 6), _ROIS.to("meta"), {}, ValueError, "device", id="meta-boxes"),
-    pytest.param(_x(1, 2, 6, 6), [_ROIS[:, 1:].to("meta")], {}, ValueError, "device",
-                 id="meta-list"),
-    pytest.param(_x(1, 2, 6, 6), _ROIS, {"output_size": -1}, ValueError, "output_size",
-                 id="output-size-negative"),
-    pytest.param(_x(1, 2, 6, 6), _ROIS, {"output_size": (2, -3)}, ValueError, "output_size",
-                 id="output-size-negative-w"),
-    pytest.param(_x(1, 2, 6, 6), _ROIS, {"spatial_scale": nan}, ValueError, "spatial_scale",
-                 id="scale-nan"),
-    pytest.param(_x(1, 2, 6, 6), _ROIS, {"spatial_scale": math.inf}, ValueError,
-                 "spatial_scale", id="scale-inf"),
-]
-
-
-@pytest.mark.parametrize("op", ["align", "pool"])
-@pytest.mark.parametrize("x,boxes,kwargs,exc,match", BAD_INPUTS)
-def test_bad_input(op, x, boxes, kwargs, exc, match):
-    kwargs = {"output_size": 2, **kwargs}
-    fn = segops.roi_align if op == "align" else segops.roi_pool
-    with pytest.raises(exc, match=f"(?i){match}"):
-        fn(x, boxes, **kwargs)
-
 
 @pytest.mark.parametrize("op", ["align", "pool"])
 def test_bad_input_modules(op):
@@ -212,56 +167,6 @@ def _opcheck_problem(device, dtype=torch.float32):
                          [1, 2.5, 2.5, 2.5, 4.5]]).to(dtype).to(device)
     return x, rois
 
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_opcheck_roi_align(device, dtype):
-    x, rois = _opcheck_problem(device, dtype)
-    args = (0.5, 3, 2, 2, True)
-    torch.library.opcheck(torch.ops.segops.roi_align.default, (x.requires_grad_(True), rois,
-                                                               *args))
-    grad = torch.randn(3, 3, 3, 2).to(dtype).to(device).requires_grad_(True)
-    torch.library.opcheck(torch.ops.segops._roi_align_backward.default,
-                          (grad, rois, 0.5, 3, 2, 2, 3, 7, 8, 2, True))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_opcheck_roi_pool(device, dtype):
-    x, rois = _opcheck_problem(device, dtype)
-    torch.library.opcheck(torch.ops.segops.roi_pool.default,
-                          (x.requires_grad_(True), rois, 0.5, 3, 2))
-    _, argmax = torch.ops.segops.roi_pool(x, rois, 0.5, 3, 2)
-    assert (argmax >= 0).any()
-    grad = torch.randn(3, 3, 3, 2).to(dtype).to(device).requires_grad_(True)
-    torch.library.opcheck(torch.ops.segops._roi_pool_backward.default,
-                          (grad, rois, argmax, 0.5, 3, 2, 2, 3, 7, 8))
-
-
-@pytest.mark.no_cuda_emu  # dynamo does not trace under the emulator's dispatch mode
-def test_torch_compile_fullgraph(device):
-    def f(x, rois, boxes_list):
-        a = segops.roi_align(x, rois, (3, 2), 0.5, -1, True)
-        b = segops.roi_pool(x, boxes_list, 3, 0.5)
-        return a * 2, b.relu()
-
-    g = torch.Generator().manual_seed(7)
-    x = torch.randn(2, 3, 9, 10, generator=g).to(device)
-    rois = torch.tensor([[0, 1.0, 2.0, 15.0, 13.0], [1, 0.0, 0.5, 7.0, 17.0]], device=device)
-    boxes_list = [rois[:1, 1:], rois[1:, 1:]]
-
-    torch._dynamo.reset()
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    outs, grads = [], []
-    for fn in (f, compiled):
-        xi = x.clone().requires_grad_(True)
-        a, b = fn(xi, rois, boxes_list)
-        (a.sum() + (b * b).sum()).backward()
-        outs.append((a, b))
-        grads.append(xi.grad)
-    assert_nonzero(outs[0][0])
-    assert_nonzero(outs[0][1])
-    assert_nonzero(grads[0])
-    torch.testing.assert_close(outs[1], outs[0])
-    torch.testing.assert_close(grads[1], grads[0])
 
 
 def _autocast_check(device, autocast_dtype):

@@ -63,46 +63,6 @@ def _raw_args(device, dtype, mode):
     return xs, rois, areas
 
 
-@pytest.mark.parametrize("mode", ["assign", "all"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_opcheck(device, mode, dtype):
-    xs, rois, areas = _raw_args(device, dtype, mode)
-    all_levels = mode == "all"
-    args = (_SCALES, 3, 2, 2, True, areas, all_levels)
-    torch.library.opcheck(torch.ops.segops.multilevel_roi_align.default, (xs, rois, *args))
-    out = torch.ops.segops.multilevel_roi_align(xs, rois, *args)
-    assert_nonzero(out)
-    grad = torch.randn(out.shape).to(dtype).to(device).requires_grad_(True)
-    heights, widths = [x.shape[2] for x in xs], [x.shape[3] for x in xs]
-    torch.library.opcheck(torch.ops.segops._multilevel_roi_align_backward.default,
-                          (grad, rois, _SCALES, 3, 2, 2, 2, heights, widths, 2, True, areas,
-                           all_levels))
-
-
-@pytest.mark.no_cuda_emu  # dynamo does not trace under the emulator's dispatch mode
-def test_torch_compile_fullgraph(device):
-    def f(xs, rois, boxes_list):
-        a = ml(xs, rois, (3, 2), _SCALES, -1, True, **_KW)
-        b = ml(xs, boxes_list, 2, _SCALES, 2, mode="all")
-        return a * 2, b.relu()
-
-    xs0 = _pyramid(device)
-    rois = _ROIS.to(device)
-    boxes_list = [rois[rois[:, 0] == i, 1:] for i in range(2)]
-    torch._dynamo.reset()
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    outs, grads = [], []
-    for fn in (f, compiled):
-        xs = [x.clone().requires_grad_(True) for x in xs0]
-        a, b = fn(xs, rois, boxes_list)
-        (a.sum() + (b * b).sum()).backward()
-        outs.append((a, b))
-        grads.append([x.grad for x in xs])
-    assert_nonzero(outs[0][0])
-    assert_nonzero(outs[0][1])
-    torch.testing.assert_close(outs[1], outs[0])
-    torch.testing.assert_close(grads[1], grads[0])
-
 
 def _autocast_check(device, autocast_dtype):
     xs32 = _pyramid(device)
@@ -149,66 +109,6 @@ def _x(*shape, dtype=torch.float32):
 _P = [_x(1, 2, 8, 8), _x(1, 2, 4, 4)]  # a valid two-level pyramid at scales 1/2, 1/4
 _B = torch.tensor([[0, 1.0, 1.0, 6.0, 6.0]])
 nan = math.nan
-
-# (features, boxes, kwargs, exception, message regex)
-BAD_INPUTS = [
-    pytest.param(_P[0], _B, {}, TypeError, "features", id="features-tensor"),
-    pytest.param([], _B, {}, ValueError, "features.*at least one", id="features-empty"),
-    pytest.param([_P[0], "x"], _B, {}, TypeError, r"features\[1\]", id="features-not-tensor"),
-    pytest.param([_P[0].long(), _P[1].long()], _B, {}, TypeError, r"features\[0\]",
-                 id="features-int"),
-    pytest.param([_P[0], _x(2, 4, 4)], _B, {}, ValueError, r"features\[1\]", id="features-3d"),
-    pytest.param([_P[0], _P[1].double()], _B, {}, TypeError, "dtype", id="dtype-mismatch"),
-    pytest.param([_P[0], _x(2, 2, 4, 4)], _B, {}, ValueError, "batch size",
-                 id="batch-mismatch"),
-    pytest.param([_P[0], _x(1, 3, 4, 4)], _B, {}, ValueError, "channels",
-                 id="channels-mismatch"),
-    pytest.param([_P[0], _P[1].to("meta")], _B, {}, ValueError, "device",
-                 id="device-mismatch"),
-    pytest.param(_P, _B, {"spatial_scales": [0.5]}, ValueError, "spatial_scales",
-                 id="scales-length"),
-    pytest.param(_P, _B, {"spatial_scales": 0.5}, TypeError, "spatial_scales",
-                 id="scales-float"),
-    pytest.param(_P, _B, {"spatial_scales": [0.5, 0.3]}, ValueError,
-                 "spatial_scales.*powers of two", id="scales-not-power-of-two"),
-    pytest.param(_P, _B, {"spatial_scales": [0.5, 0.125]}, ValueError,
-                 "spatial_scales.*consecutive", id="scales-not-consecutive"),
-    pytest.param(_P, _B, {"spatial_scales": [0.25, 0.5]}, ValueError, "spatial_scales",
-                 id="scales-ascending"),
-    pytest.param(_P, _B, {"spatial_scales": [0.5, nan]}, ValueError, "spatial_scales",
-                 id="scales-nan"),
-    pytest.param(_P, _B, {"spatial_scales": [0.5, -0.25], "mode": "all"}, ValueError,
-                 "spatial_scales", id="scales-negative"),
-    pytest.param(_P, _B, {"spatial_scales": [0.5, 0.0], "mode": "all"}, ValueError,
-                 "spatial_scales", id="scales-zero"),
-    pytest.param(_P, _B, {"mode": "max"}, ValueError, "mode", id="mode"),
-    pytest.param(_P, _B, {"canonical_scale": 0.0}, ValueError, "canonical_scale",
-                 id="canonical-scale-zero"),
-    pytest.param(_P, _B, {"canonical_scale": nan}, ValueError, "canonical_scale",
-                 id="canonical-scale-nan"),
-    pytest.param(_P, _B, {"canonical_scale": "224"}, TypeError, "canonical_scale",
-                 id="canonical-scale-str"),
-    pytest.param(_P, _B, {"canonical_level": 4.0}, TypeError, "canonical_level",
-                 id="canonical-level-float"),
-    pytest.param(_P, _B, {"output_size": -1}, ValueError, "output_size", id="output-size"),
-    pytest.param(_P, _B[:, 1:], {}, ValueError, "boxes", id="boxes-Kx4"),
-    pytest.param(_P, _B.long(), {}, TypeError, "boxes", id="boxes-int"),
-    pytest.param(_P, [_B], {}, ValueError, "boxes", id="list-Lx5"),
-    pytest.param(_P, torch.tensor([[1, 1.0, 1, 4, 4]]), {}, ValueError, "batch index",
-                 id="batch-index"),
-    pytest.param(_P, torch.tensor([[nan, 1.0, 1, 4, 4]]), {}, ValueError, "batch index",
-                 id="batch-index-nan"),
-    pytest.param(_P, _B.to("meta"), {}, ValueError, "device", id="boxes-meta"),
-    pytest.param([_x(1, 1, 2, 2)] * 17, _B, {"spatial_scales": [1.0] * 17, "mode": "all"},
-                 ValueError, "at most 16", id="too-many-levels"),
-]
-
-
-@pytest.mark.parametrize("features,boxes,kwargs,exc,match", BAD_INPUTS)
-def test_bad_input(features, boxes, kwargs, exc, match):
-    kwargs = {"output_size": 2, "spatial_scales": [0.5, 0.25], **kwargs}
-    with pytest.raises(exc, match=f"(?i){match}"):
-        ml(features, boxes, **kwargs)
 
 
 _A = _level_areas([0.5, 0.25], 224.0, 4)
