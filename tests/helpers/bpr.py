@@ -1,0 +1,90 @@
+"""Helpers for the BPR model tests (tests/models/test_models_bpr*.py): deterministic
+weights and inputs for the refinement net that any PyTorch build reproduces (sines of the
+element index, no random generator), and the fixtures recorded from BPR's released
+definitions (tests/models/data/, made by tests/models/data/make_bpr_released_fixtures.py).
+Imported as ``helpers.bpr``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+from typing import Dict, List, Mapping, Tuple
+
+import torch
+from torch import Tensor
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "models", "data")
+KEYS_FILE = os.path.join(DATA_DIR, "bpr_released_state_dicts.json.gz")
+FORWARD_FILE = os.path.join(DATA_DIR, "bpr_released_forward.pt")
+
+#: input side and the size the logits are resized to before the softmax, per configuration
+#: (odd sizes: the branches are 9/5/3/2 and 10/5/3/2 wide, so the fusion's two resizes and
+#: the head's resize all act)
+FORWARD_CASES: Dict[str, Tuple[int, Tuple[int, int]]] = {
+    "hrnet18s_128": (36, (20, 20)),
+    "hrnet48_256": (40, (22, 22)),
+}
+
+
+def _sines(numel: int, phase: float) -> Tensor:
+    i = torch.arange(numel, dtype=torch.float64)
+    return torch.sin(i * 0.6180339887 + phase)
+
+
+def deterministic_state_dict(template: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """Values for every entry of ``template`` (a state dict: only names and shapes are used):
+    convolutions ~ sines scaled to half of He's standard deviation (so that the activations
+    stay moderate through the residual sums), BN weight ``1 + 0.2 sin``, bias and running mean
+    ``0.1 sin``, running variance ``1 + 0.5 sin^2``, ``num_batches_tracked`` 0, conv biases
+    ``0.1 sin``. The phase of each entry is its position in sorted key order."""
+    out: Dict[str, Tensor] = {}
+    for k, name in enumerate(sorted(template)):
+        t = template[name]
+        if name.endswith("num_batches_tracked"):
+            out[name] = torch.zeros_like(t)
+            continue
+        s = _sines(t.numel(), 0.37 * k).view(t.shape)
+        if t.dim() == 4:  # conv weight: std of sin is 1/sqrt(2)
+            fan_in = t.shape[1] * t.shape[2] * t.shape[3]
+            v = s * math.sqrt(2.0) * math.sqrt(2.0 / fan_in) * 0.5
+        elif name.endswith("running_var"):
+            v = 1.0 + 0.5 * s * s
+        elif name.endswith(".weight"):  # BN weight
+            v = 1.0 + 0.2 * s
+        else:  # BN bias, running mean, conv bias
+            v = 0.1 * s
+        out[name] = v.to(t.dtype)
+    return out
+
+
+def deterministic_inputs(batch: int, size: int) -> Tuple[Tensor, Tensor]:
+    """``(image [batch, 3, size, size]`` normalised-looking values in about [-2, 2],
+    ``mask [batch, 1, size, size]`` in {-1, +1}: a disc whose centre moves with the batch
+    index)."""
+    n = batch * 3 * size * size
+    image = (2.0 * _sines(n, 0.5) * torch.cos(torch.arange(n, dtype=torch.float64) * 0.0137))
+    image = image.view(batch, 3, size, size).float()
+    yy = torch.arange(size, dtype=torch.float64).view(-1, 1) + 0.5
+    xx = torch.arange(size, dtype=torch.float64).view(1, -1) + 0.5
+    masks = []
+    for b in range(batch):
+        cy, cx, r = size * (0.4 + 0.1 * b), size * (0.55 - 0.1 * b), size * 0.3
+        masks.append(((yy - cy) ** 2 + (xx - cx) ** 2 < r * r).double() * 2 - 1)
+    return image, torch.stack(masks)[:, None].float()
+
+
+def released_state_dict_listing() -> Dict[str, List[Tuple[str, Tuple[int, ...], str]]]:
+    """``{config: [(key, shape, dtype), ...]}`` in the released models' state-dict order."""
+    with gzip.open(KEYS_FILE, "rt") as f:
+        data = json.load(f)
+    return {cfg: [(k, tuple(shape), dtype) for k, shape, dtype in rows]
+            for cfg, rows in data["state_dicts"].items()}
+
+
+def state_dict_listing(module: torch.nn.Module) -> List[Tuple[str, Tuple[int, ...], str]]:
+    return [(k, tuple(v.shape), str(v.dtype).replace("torch.", ""))
+            for k, v in module.state_dict().items()]
