@@ -1,6 +1,6 @@
 """Helpers for the BPR model tests (tests/models/test_models_bpr*.py): deterministic
-weights and inputs for the refinement net that any PyTorch build reproduces (sines of the
-element index, no random generator), and the fixtures recorded from BPR's released
+weights and inputs for the refinement net that any PyTorch build reproduces (integer
+arithmetic on the element index, no random generator), and the fixtures recorded from BPR's released
 definitions (tests/models/data/, made by tests/models/data/make_bpr_released_fixtures.py).
 Imported as ``helpers.bpr``.
 """
@@ -30,44 +30,50 @@ FORWARD_CASES: Dict[str, Tuple[int, Tuple[int, int]]] = {
 }
 
 
-def _sines(numel: int, phase: float) -> Tensor:
-    i = torch.arange(numel, dtype=torch.float64)
-    return torch.sin(i * 0.6180339887 + phase)
+def _uniform(numel: int, phase: int) -> Tensor:
+    """``float64 [numel]`` in ``[-0.5, 0.5)`` from a 31-bit integer hash of the element index
+    (multiply, xor-shift, multiply, xor-shift: exact int64 arithmetic, the same on every
+    platform, and without the regularity of a linear sequence)."""
+    mask = 0x7FFFFFFF
+    h = (torch.arange(numel, dtype=torch.int64) * 1103515245 + phase) & mask
+    h = h ^ (h >> 16)
+    h = (h * 73244475) & mask
+    h = h ^ (h >> 16)
+    return h.double() / float(mask + 1) - 0.5
 
 
 def deterministic_state_dict(template: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """Values for every entry of ``template`` (a state dict: only names and shapes are used):
-    convolutions ~ sines scaled to half of He's standard deviation (so that the activations
-    stay moderate through the residual sums), BN weight ``1 + 0.2 sin``, bias and running mean
-    ``0.1 sin``, running variance ``1 + 0.5 sin^2``, ``num_batches_tracked`` 0, conv biases
-    ``0.1 sin``. The phase of each entry is its position in sorted key order."""
+    """Values for every entry of ``template`` (a state dict: only names and shapes are used),
+    from :func:`_uniform` ``u`` with the entry's position in sorted key order as the phase:
+    convolutions ``u`` scaled to half of He's standard deviation (so that the activations
+    stay moderate through the residual sums), BN weight ``1 + 0.4 u``, bias and running mean
+    ``0.2 u``, running variance ``1 + 2 u^2``, ``num_batches_tracked`` 0, conv biases
+    ``0.2 u``."""
     out: Dict[str, Tensor] = {}
     for k, name in enumerate(sorted(template)):
         t = template[name]
         if name.endswith("num_batches_tracked"):
             out[name] = torch.zeros_like(t)
             continue
-        s = _sines(t.numel(), 0.37 * k).view(t.shape)
-        if t.dim() == 4:  # conv weight: std of sin is 1/sqrt(2)
+        u = _uniform(t.numel(), 7919 * k).view(t.shape)
+        if t.dim() == 4:  # conv weight: the std of u is 1/sqrt(12)
             fan_in = t.shape[1] * t.shape[2] * t.shape[3]
-            v = s * math.sqrt(2.0) * math.sqrt(2.0 / fan_in) * 0.5
+            v = u * math.sqrt(12.0) * math.sqrt(2.0 / fan_in) * 0.5
         elif name.endswith("running_var"):
-            v = 1.0 + 0.5 * s * s
+            v = 1.0 + 2.0 * u * u
         elif name.endswith(".weight"):  # BN weight
-            v = 1.0 + 0.2 * s
+            v = 1.0 + 0.4 * u
         else:  # BN bias, running mean, conv bias
-            v = 0.1 * s
+            v = 0.2 * u
         out[name] = v.to(t.dtype)
     return out
 
 
 def deterministic_inputs(batch: int, size: int) -> Tuple[Tensor, Tensor]:
-    """``(image [batch, 3, size, size]`` normalised-looking values in about [-2, 2],
+    """``(image [batch, 3, size, size]`` normalised-looking values in [-2, 2),
     ``mask [batch, 1, size, size]`` in {-1, +1}: a disc whose centre moves with the batch
     index)."""
-    n = batch * 3 * size * size
-    image = (2.0 * _sines(n, 0.5) * torch.cos(torch.arange(n, dtype=torch.float64) * 0.0137))
-    image = image.view(batch, 3, size, size).float()
+    image = (4.0 * _uniform(batch * 3 * size * size, 12345)).view(batch, 3, size, size).float()
     yy = torch.arange(size, dtype=torch.float64).view(-1, 1) + 0.5
     xx = torch.arange(size, dtype=torch.float64).view(1, -1) + 0.5
     masks = []
