@@ -16,6 +16,8 @@ from typing import Dict, List, Mapping, Tuple
 import torch
 from torch import Tensor
 
+from segops.models import hrnet as H
+
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "models", "data")
 KEYS_FILE = os.path.join(DATA_DIR, "bpr_released_state_dicts.json.gz")
@@ -28,6 +30,20 @@ FORWARD_CASES: Dict[str, Tuple[int, Tuple[int, int]]] = {
     "hrnet18s_128": (36, (20, 20)),
     "hrnet48_256": (40, (22, 22)),
 }
+
+
+#: a small HRNet for fast tests (4 branches of 2/4/8/16 channels, one block each, 32 px input)
+TINY_SPEC = H.HRNetSpec((
+    H.StageSpec(1, "BOTTLENECK", (1,), (4,)),
+    H.StageSpec(1, "BASIC", (1, 1), (2, 4)),
+    H.StageSpec(2, "BASIC", (1, 1, 1), (2, 4, 8)),
+    H.StageSpec(1, "BASIC", (1, 1, 1, 1), (2, 4, 8, 16)),
+), 32)
+
+
+def tiny_net(seed: int = 0) -> H.BPRRefineNet:
+    torch.manual_seed(seed)
+    return H.BPRRefineNet(TINY_SPEC)
 
 
 def _uniform(numel: int, phase: int) -> Tensor:

@@ -23,26 +23,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.bpr import (FORWARD_FILE, deterministic_inputs, deterministic_state_dict,
-                         released_state_dict_listing, state_dict_listing)
+from helpers.bpr import (FORWARD_FILE, TINY_SPEC, deterministic_inputs,
+                         deterministic_state_dict, released_state_dict_listing,
+                         state_dict_listing, tiny_net)
 
 from segops.models import hrnet as H
 from segops.models.bpr import BPRRefiner
 
 CONFIGS = ["hrnet18s_128", pytest.param("hrnet48_256", marks=pytest.mark.slow)]
-
-TINY = H.HRNetSpec((
-    H.StageSpec(1, "BOTTLENECK", (1,), (4,)),
-    H.StageSpec(1, "BASIC", (1, 1), (2, 4)),
-    H.StageSpec(2, "BASIC", (1, 1, 1), (2, 4, 8)),
-    H.StageSpec(1, "BASIC", (1, 1, 1, 1), (2, 4, 8, 16)),
-), 32)
-
-
-def tiny_net(seed: int = 0) -> H.BPRRefineNet:
-    torch.manual_seed(seed)
-    return H.BPRRefineNet(TINY)
-
 
 @pytest.fixture(scope="module")
 def released_forward():
@@ -169,9 +157,9 @@ def test_validation():
     with pytest.raises(ValueError, match="config"):
         H.BPRRefineNet("hrnet32")
     with pytest.raises(ValueError, match="num_classes"):
-        H.BPRRefineNet(TINY, num_classes=0)
-    bad = TINY._replace(stages=(TINY.stages[0], TINY.stages[1]._replace(num_channels=(2,)),
-                                TINY.stages[2], TINY.stages[3]))
+        H.BPRRefineNet(TINY_SPEC, num_classes=0)
+    st = TINY_SPEC.stages
+    bad = TINY_SPEC._replace(stages=(st[0], st[1]._replace(num_channels=(2,)), st[2], st[3]))
     with pytest.raises(ValueError, match="stage 2"):
         H.BPRRefineNet(bad)
     net = tiny_net()
