@@ -25,13 +25,17 @@ What it does:
    ``segops.boundary_patches`` on the coarse masks (64x64 patches, NMS threshold 0.25 and
    0.55) and ``segops.reassemble_patches``. This bounds what a refinement net can recover
    from the patches alone: pixels outside every patch keep the coarse mask.
-4. Mask AP with pycocotools' ``COCOeval`` (``iouType="segm"``, one category, masks as RLE
+4. The paper's upper-bound analysis (its Table 1): the coarse masks with every pixel within
+   1, 2 and 3 px (Euclidean, centre to centre) of a pixel of the other label replaced by the
+   ground truth (``models/bpr_train.py``'s :func:`boundary_band`).
+5. Mask AP with pycocotools' ``COCOeval`` (``iouType="segm"``, one category, masks as RLE
    from ``pycocotools.mask.encode`` on Fortran-ordered uint8), each detection scored by the
    rank of its box area (larger boxes first), before and after refinement.
 
-It prints a table (NMS threshold, patches, AP / AP50 / AP75 before and after, mean mask IoU
-with the matching GT) and exits non-zero when the refinement does not raise the AP at every
-threshold.
+It prints two tables (per NMS threshold: patches, AP / AP50 / AP75 before and after, mean
+mask IoU with the matching GT; per band width: the pixels replaced and the same AP columns)
+and exits non-zero when the oracle refinement does not raise the AP at every NMS threshold
+or the boundary band does not at every width.
 """
 
 from __future__ import annotations
@@ -64,7 +68,9 @@ from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 from cases.patches import random_shapes  # noqa: E402
-from segops.models.bpr import BPRRefiner  # noqa: E402
+from segops.models.bpr import (INFERENCE_IOU_THRESHOLD, TRAINING_IOU_THRESHOLD,  # noqa: E402
+                               BPRRefiner)
+from segops.models.bpr_train import boundary_band  # noqa: E402
 
 IMAGE_HW = (256, 512)
 INSTANCES = (5, 10)  # per image, inclusive
@@ -74,7 +80,8 @@ THIN_WIDTH = (1.5, 5.0)  # stroke width (px)
 MIN_AREA = 100  # instances left smaller than this after occlusion are dropped
 MASK_SIZE = 28  # Mask R-CNN's mask head resolution
 PATCH_SIZE = 64
-THRESHOLDS = (0.25, 0.55)
+THRESHOLDS = (TRAINING_IOU_THRESHOLD, INFERENCE_IOU_THRESHOLD)  # 0.25, 0.55
+BAND_WIDTHS = (1, 2, 3)  # px, the paper's upper-bound analysis
 
 
 # --------------------------------------------------------------------------------------
@@ -296,14 +303,38 @@ def main(argv=None) -> int:
         print(f"{thr:>7.2f}  {patches:>7d}  {100 * b[0]:>9.1f}  {100 * a[0]:>8.1f}  "
               f"{100 * b[1]:>8.1f}  {100 * a[1]:>8.1f}  {100 * b[2]:>8.1f}  {100 * a[2]:>8.1f}  "
               f"{100 * ib:>8.2f}  {100 * ia:>8.2f}  {wa:>12d}")
+
+    # the upper bound: predictions within `width` px of the boundary replaced by the GT
+    bands = []
+    for width in BAND_WIDTHS:
+        replaced = [torch.where(boundary_band(c, width), g, c) for c, g in zip(coarse, gts)]
+        n_band = sum(int(boundary_band(c, width).sum()) for c in coarse)
+        after = mask_ap(coco_gt, detections(replaced, scores))
+        bands.append((width, n_band, before, after, iou_before, mean_iou(replaced, gts)))
+    head = (f"{'band px':>7}  {'pixels':>8}  {'AP before':>9}  {'AP after':>8}  "
+            f"{'AP50 bef':>8}  {'AP50 aft':>8}  {'AP75 bef':>8}  {'AP75 aft':>8}  "
+            f"{'mIoU bef':>8}  {'mIoU aft':>8}")
+    print("\nupper bound: predictions within the band replaced by the ground truth")
+    print(head)
+    print("-" * len(head))
+    for width, n_band, b, a, ib, ia in bands:
+        print(f"{width:>7d}  {n_band:>8d}  {100 * b[0]:>9.1f}  {100 * a[0]:>8.1f}  "
+              f"{100 * b[1]:>8.1f}  {100 * a[1]:>8.1f}  {100 * b[2]:>8.1f}  {100 * a[2]:>8.1f}  "
+              f"{100 * ib:>8.2f}  {100 * ia:>8.2f}")
     print(f"({time.perf_counter() - t0:.1f} s)")
 
+    status = 0
     failed = [thr for thr, _, b, a, *_ in rows if not a[0] > b[0]]
     if failed:
         print(f"FAIL: the refinement did not raise the mask AP at NMS threshold(s) {failed}",
               file=sys.stderr)
-        return 1
-    return 0
+        status = 1
+    failed = [width for width, _, b, a, *_ in bands if not a[0] > b[0]]
+    if failed:
+        print(f"FAIL: the boundary band did not raise the mask AP at width(s) {failed}",
+              file=sys.stderr)
+        status = 1
+    return status
 
 
 if __name__ == "__main__":
