@@ -251,6 +251,7 @@ class YolactLoss(nn.Module):
                 with torch.no_grad():
                     down = F.interpolate(masks[i][None].to(segm.dtype), (h, w), mode="bilinear",
                                          align_corners=False)[0].gt(0.5).to(segm.dtype)
-                    target.index_reduce_(0, labels[i], down, "amax")
+                    index = labels[i][:, None, None].expand_as(down)
+                    target.scatter_reduce_(0, index, down, "amax")
             loss = loss + F.binary_cross_entropy_with_logits(segm[i], target, reduction="sum")
         return loss / h / w * self.config.semantic_alpha
