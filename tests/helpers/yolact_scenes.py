@@ -66,3 +66,29 @@ def assert_detections_match_release(det, rdet, h, w, max_band=1e-5, max_pixels=1
     assert int(differ.sum()) <= max_pixels
     assert ((upsampled[differ] - 0.5).abs() <= max_band).all()
     return int(differ.sum())
+
+
+@torch.no_grad()
+def detector_like_weights(model: Y.Yolact, image: torch.Tensor, seed: int = 1) -> None:
+    """Make a randomly initialised model behave like a trained detector, in place: random
+    BatchNorm statistics and head biases, and the class / box / coefficient convs rescaled
+    so that on ``image`` the class logits have std 2.5 (peaked, unsaturated softmax), the
+    box regressions 0.5 and the pre-tanh coefficients 1."""
+    g = torch.Generator().manual_seed(seed)
+    sd = model.state_dict()
+    for k, v in sd.items():
+        if k.endswith("running_mean"):
+            v.copy_(torch.randn(v.shape, generator=g) * 0.1)
+        elif k.endswith("running_var"):
+            v.copy_(torch.rand(v.shape, generator=g) * 0.4 + 0.8)
+        elif k.endswith("bias") and not k.startswith("backbone"):
+            v.copy_(torch.randn(v.shape, generator=g) * 0.05)
+    was_training = model.training
+    preds = model.eval()(image)
+    model.train(was_training)
+    pre_tanh = torch.atanh(preds["coeffs"].clamp(-0.999999, 0.999999))
+    for layer, out, target in [("conf_layer", preds["conf"], 2.5), ("bbox_layer", preds["loc"], 0.5),
+                               ("mask_layer", pre_tanh, 1.0)]:
+        f = target / out.std().item()
+        sd[f"prediction_layers.0.{layer}.weight"].mul_(f)
+        sd[f"prediction_layers.0.{layer}.bias"].mul_(f)
