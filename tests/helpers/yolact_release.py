@@ -187,8 +187,10 @@ def point_form(boxes):
 
 
 def jaccard(box_a, box_b, iscrowd=False):
-    a, b = box_a[None], box_b[None]
-    n, na, nb = 1, a.size(1), b.size(1)
+    """IoU of ``[A, 4]`` x ``[B, 4]`` boxes, or batched ``[n, A, 4]`` x ``[n, B, 4]``."""
+    use_batch = box_a.dim() == 3
+    a, b = (box_a, box_b) if use_batch else (box_a[None], box_b[None])
+    n, na, nb = a.size(0), a.size(1), b.size(1)
     max_xy = torch.min(a[:, :, 2:].unsqueeze(2).expand(n, na, nb, 2),
                        b[:, :, 2:].unsqueeze(1).expand(n, na, nb, 2))
     min_xy = torch.max(a[:, :, :2].unsqueeze(2).expand(n, na, nb, 2),
@@ -197,7 +199,7 @@ def jaccard(box_a, box_b, iscrowd=False):
     area_a = ((a[:, :, 2] - a[:, :, 0]) * (a[:, :, 3] - a[:, :, 1])).unsqueeze(2).expand_as(inter)
     area_b = ((b[:, :, 2] - b[:, :, 0]) * (b[:, :, 3] - b[:, :, 1])).unsqueeze(1).expand_as(inter)
     out = inter / area_a if iscrowd else inter / (area_a + area_b - inter)
-    return out.squeeze(0)
+    return out if use_batch else out.squeeze(0)
 
 
 def decode(loc, priors):

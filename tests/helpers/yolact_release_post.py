@@ -53,7 +53,7 @@ def _fast_nms(boxes, masks, scores, iou_threshold, top_k, max_num_detections):
     num_classes, num_dets = idx.size()
     boxes = boxes[idx.view(-1), :].view(num_classes, num_dets, 4)
     masks = masks[idx.view(-1), :].view(num_classes, num_dets, -1)
-    iou = torch.stack([jaccard(b, b) for b in boxes])
+    iou = jaccard(boxes, boxes)
     iou.triu_(diagonal=1)
     iou_max, _ = iou.max(dim=1)
     keep = iou_max <= iou_threshold
@@ -133,9 +133,10 @@ def released_detect(preds, image=0, nms="fast", conf_thresh=0.05, nms_thresh=0.5
             "proto": preds["proto"][image]}
 
 
-def released_postprocess(det, w, h, crop_masks=True, score_threshold=0.0):
+def released_postprocess(det, w, h, crop_masks=True, score_threshold=0.0, return_float=True):
     """``postprocess`` (lincomb, eval_mask_branch): ``(classes, scores, boxes int64,
-    masks float 0/1, upsampled float masks before the threshold)``."""
+    masks float 0/1)``, and with ``return_float`` the upsampled float masks before the
+    threshold (a copy; without it the threshold is in place, as the release's ``gt_``)."""
     det = dict(det)
     if score_threshold > 0:
         keep = det["score"] > score_threshold
@@ -147,12 +148,14 @@ def released_postprocess(det, w, h, crop_masks=True, score_threshold=0.0):
     if crop_masks:
         masks = crop(masks, boxes)
     masks = masks.permute(2, 0, 1).contiguous()
-    upsampled = F.interpolate(masks.unsqueeze(0), (h, w), mode="bilinear",
-                              align_corners=False).squeeze(0)
-    binary = upsampled.gt(0.5).float()
+    masks = F.interpolate(masks.unsqueeze(0), (h, w), mode="bilinear",
+                          align_corners=False).squeeze(0)
+    upsampled = masks.clone() if return_float else None
+    masks.gt_(0.5)
     boxes[:, 0], boxes[:, 2] = sanitize_coordinates(boxes[:, 0], boxes[:, 2], w)
     boxes[:, 1], boxes[:, 3] = sanitize_coordinates(boxes[:, 1], boxes[:, 3], h)
-    return classes, scores, boxes.long(), binary, upsampled
+    out = (classes, scores, boxes.long(), masks)
+    return out + (upsampled,) if return_float else out
 
 
 # ======================================================================================
