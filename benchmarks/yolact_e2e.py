@@ -119,7 +119,8 @@ def main(argv=None) -> int:
         ("total", net + t_ours, net + t_rel),
     ]
     print(f"YOLACT yolact_base end to end, CPU, 550x550 input, masks at {h}x{w}; torch "
-          f"{torch.__version__}, {torch.get_num_threads()} thread(s); medians of {repeat} runs (ms)")
+          f"{torch.__version__}, {torch.get_num_threads()} thread(s); "
+          f"medians of {repeat} runs (ms)")
     print(f"{det['classes'].shape[0]} detections, identical classes, scores and boxes; "
           f"{differing} of {masks.numel()} mask pixels differ")
     print()

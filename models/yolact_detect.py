@@ -183,7 +183,8 @@ class Detect:
         sc, order = cand_scores[keep].sort(0, descending=True)
         order = order[: self.max_num_detections]
         sel = keep[order]
-        return anchor[sel], cls[sel], sc[: self.max_num_detections], scaled[anchor[sel]] / self.max_size
+        boxes_out = scaled[anchor[sel]] / self.max_size  # the release's round trip
+        return anchor[sel], cls[sel], sc[: self.max_num_detections], boxes_out
 
 
 def _to_pixels(boxes: Tensor, h: int, w: int) -> Tensor:

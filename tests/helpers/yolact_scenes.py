@@ -87,8 +87,8 @@ def detector_like_weights(model: Y.Yolact, image: torch.Tensor, seed: int = 1) -
     preds = model.eval()(image)
     model.train(was_training)
     pre_tanh = torch.atanh(preds["coeffs"].clamp(-0.999999, 0.999999))
-    for layer, out, target in [("conf_layer", preds["conf"], 2.5), ("bbox_layer", preds["loc"], 0.5),
-                               ("mask_layer", pre_tanh, 1.0)]:
+    for layer, out, target in [("conf_layer", preds["conf"], 2.5),
+                               ("bbox_layer", preds["loc"], 0.5), ("mask_layer", pre_tanh, 1.0)]:
         f = target / out.std().item()
         sd[f"prediction_layers.0.{layer}.weight"].mul_(f)
         sd[f"prediction_layers.0.{layer}.bias"].mul_(f)

@@ -132,7 +132,8 @@ def test_full_loss_backpropagates_into_every_branch():
     losses = Y.YolactLoss(4)(preds, [px / 256], [torch.tensor([0, 2])],
                              [ellipse_masks(px, 256, 256)])
     losses["total"].backward()
-    for name in ["proto_net.10.weight", "proto_net.0.weight", "prediction_layers.0.mask_layer.weight",
+    for name in ["proto_net.10.weight", "proto_net.0.weight",
+                 "prediction_layers.0.mask_layer.weight",
                  "prediction_layers.0.bbox_layer.weight", "prediction_layers.0.conf_layer.bias",
                  "prediction_layers.0.upfeature.0.weight", "semantic_seg_conv.weight",
                  "fpn.pred_layers.0.weight", "fpn.lat_layers.2.weight",
