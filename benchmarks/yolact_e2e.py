@@ -59,13 +59,13 @@ def median_ms(fn, repeat: int) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 repetitions, a smoke run")
+    parser.add_argument("--quick", action="store_true", help="1 repetition, a smoke run")
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--image-size", type=int, nargs=2, default=(550, 550),
                         metavar=("H", "W"), help="the original image size masks are pasted at")
     args = parser.parse_args(argv)
-    repeat = 2 if args.quick else args.repeat
+    repeat = 1 if args.quick else args.repeat
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
