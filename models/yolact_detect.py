@@ -25,7 +25,9 @@ Differences from the release, all at rounding or tie level:
 * masks: :func:`segops.assemble_masks` sums the linear combination in its own order and
   upsamples without FMA, so a pixel whose upsampled value lies within a few float32
   ulps of 0.5 may differ from torch's ``matmul`` + ``interpolate`` (docs/ops/masks.md);
-* score ties: segops' sorts are stable (lower anchor first), the release's are not;
+* score ties: segops' sorts are stable (lower anchor first), the release's are not (with a
+  saturated softmax, many scores equal 1.0 and the two may keep different anchors);
+* a decoded box with a non-finite coordinate (``exp`` overflow) is never kept;
 * traditional NMS: the ``+1`` is added to the coordinates rather than to their
   differences, so an IoU within float32 rounding of the threshold may compare differently;
 * zero detections give empty tensors of the usual shapes (the release returns four

@@ -183,7 +183,7 @@ class YolactLoss(nn.Module):
         """
         c = self.config
         loc, conf, priors = preds["loc"], preds["conf"], preds["priors"]
-        batch, num_priors = loc.shape[0], loc.shape[1]
+        batch = loc.shape[0]
         if not (len(gt_boxes) == len(gt_labels) == len(gt_masks) == batch):
             raise ValueError("YolactLoss: one entry of gt_boxes/gt_labels/gt_masks per image, "
                              f"got {len(gt_boxes)}/{len(gt_labels)}/{len(gt_masks)} for {batch}")
