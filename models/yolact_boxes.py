@@ -93,13 +93,18 @@ def match(
     priors: Tensor,
     pos_threshold: float = 0.5,
     neg_threshold: float = 0.4,
+    crowd_boxes: Tensor | None = None,
+    crowd_iou_threshold: float = 0.7,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """YOLACT's ``match`` for one image (no crowd boxes, no prediction matching).
+    """YOLACT's ``match`` for one image (``use_prediction_matching`` off, as released).
 
     Args:
-        gt_boxes: ``Tensor[G, 4]`` relative point-form GT boxes.
+        gt_boxes: ``Tensor[G, 4]`` relative point-form GT boxes (crowds excluded).
         gt_labels: ``Tensor[G]`` 0-based class ids.
         priors: ``Tensor[N, 4]`` (cx, cy, w, h).
+        crowd_boxes: optional ``Tensor[Gc, 4]`` crowd boxes: a prior that is not positive
+            and whose area lies ``> crowd_iou_threshold`` inside a crowd box
+            (intersection / prior area) becomes neutral (none when the threshold is >= 1).
 
     Returns:
         ``(conf_t int64[N], idx_t int64[N], loc_t [N, 4])``: ``conf_t`` is the class + 1 for
@@ -109,11 +114,13 @@ def match(
         highest overlap, as YOLACT does, so that every GT gets a positive.
     """
     n = priors.shape[0]
+    pf = point_form(priors)
     if gt_boxes.shape[0] == 0:
-        return (torch.zeros(n, dtype=torch.int64, device=priors.device),
-                torch.zeros(n, dtype=torch.int64, device=priors.device),
+        conf = torch.zeros(n, dtype=torch.int64, device=priors.device)
+        _neutralise_crowds(conf, pf, crowd_boxes, crowd_iou_threshold)
+        return (conf, torch.zeros(n, dtype=torch.int64, device=priors.device),
                 torch.zeros(n, 4, dtype=priors.dtype, device=priors.device))
-    overlaps = box_iou(gt_boxes, point_form(priors))  # [G, N]
+    overlaps = box_iou(gt_boxes, pf)  # [G, N]
     best_truth_overlap, best_truth_idx = overlaps.max(0)
     for _ in range(overlaps.shape[0]):
         best_prior_overlap, best_prior_idx = overlaps.max(1)
@@ -126,5 +133,19 @@ def match(
     conf = gt_labels[best_truth_idx].to(torch.int64) + 1
     conf[best_truth_overlap < pos_threshold] = -1
     conf[best_truth_overlap < neg_threshold] = 0
+    _neutralise_crowds(conf, pf, crowd_boxes, crowd_iou_threshold)
     loc = encode(gt_boxes[best_truth_idx], priors)
     return conf, best_truth_idx, loc
+
+
+def _neutralise_crowds(conf: Tensor, priors_pf: Tensor, crowd_boxes: Tensor | None,
+                       threshold: float) -> None:
+    """YOLACT's crowd rule, in place: ``conf[(conf <= 0) & (max_c inter / prior area >
+    threshold)] = -1``."""
+    if crowd_boxes is None or crowd_boxes.shape[0] == 0 or threshold >= 1:
+        return
+    lt = torch.maximum(priors_pf[:, None, :2], crowd_boxes[None, :, :2])
+    rb = torch.minimum(priors_pf[:, None, 2:], crowd_boxes[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=-1)
+    area = ((priors_pf[:, 2] - priors_pf[:, 0]) * (priors_pf[:, 3] - priors_pf[:, 1]))[:, None]
+    conf[(conf <= 0) & ((inter / area).max(dim=1).values > threshold)] = -1
