@@ -15,8 +15,11 @@ from .ops.masks import assemble_masks, paste_masks
 from .ops.patches import boundary_patches, crop_patches, reassemble_patches
 from .ops.nms import batched_nms, fast_nms, matrix_nms, nms
 from .ops.roi import RoIAlign, RoIPool, multilevel_roi_align, roi_align, roi_pool
+from .poolers import MultiScaleRoIAlign
+from .torchvision_compat import patch_torchvision
 
 __all__ = [
+    "MultiScaleRoIAlign",
     "RoIAlign",
     "TorchVersionWarning",
     "RoIPool",
@@ -30,6 +33,7 @@ __all__ = [
     "multilevel_roi_align",
     "nms",
     "paste_masks",
+    "patch_torchvision",
     "reassemble_patches",
     "roi_align",
     "roi_pool",
