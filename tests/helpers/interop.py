@@ -48,3 +48,15 @@ def with_batch_index(boxes: torch.Tensor, batch: int, generator: torch.Generator
     """``[K, 5]`` rois: a random batch index in ``[0, batch)`` before each box."""
     idx = torch.randint(0, batch, (boxes.shape[0], 1), generator=generator)
     return torch.cat([idx.to(boxes.dtype), boxes], dim=1)
+
+
+def pasted_rect(boxes: torch.Tensor, mask_size: int, height: int, width: int) -> torch.Tensor:
+    """``bool [N, 1, H, W]``: the pixels torchvision's ``paste_masks_in_image`` writes for each
+    box (its expanded, truncated box, clipped to the image); every other pixel is 0."""
+    from torchvision.models.detection.roi_heads import expand_boxes
+
+    ib = expand_boxes(boxes, (mask_size + 2) / mask_size).to(torch.int64)
+    ys, xs = torch.arange(height), torch.arange(width)
+    inside_y = (ys >= ib[:, 1:2].clamp(min=0)) & (ys < (ib[:, 3:4] + 1).clamp(max=height))
+    inside_x = (xs >= ib[:, 0:1].clamp(min=0)) & (xs < (ib[:, 2:3] + 1).clamp(max=width))
+    return (inside_y[:, :, None] & inside_x[:, None, :])[:, None]

@@ -27,7 +27,7 @@ import torch
 
 import segops
 
-from helpers.interop import import_torchvision, random_boxes, with_batch_index
+from helpers.interop import import_torchvision, pasted_rect, random_boxes, with_batch_index
 
 torchvision = import_torchvision()
 from torchvision.models.detection.roi_heads import paste_masks_in_image  # noqa: E402
@@ -255,8 +255,6 @@ def test_multiscale_knife_edges_accounted():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mask_size", [28, 14])
 def test_paste_masks_in_image(dtype, mask_size):
-    from torchvision.models.detection.roi_heads import expand_boxes
-
     g = torch.Generator().manual_seed(40 + mask_size)
     H, W = 120, 160
     masks = torch.rand(60, 1, mask_size, mask_size, generator=g, dtype=dtype)
@@ -266,12 +264,7 @@ def test_paste_masks_in_image(dtype, mask_size):
     want = paste_masks_in_image(masks, boxes, (H, W))
     got = segops.paste_masks(masks, boxes, (H, W), threshold=None, mode="torchvision")[:, None]
     assert got.shape == want.shape and got.dtype == want.dtype == dtype
-    # the pasted rectangle: torchvision's expanded, truncated box, clipped to the image
-    ib = expand_boxes(boxes, (mask_size + 2) / mask_size).to(torch.int64)
-    ys, xs = torch.arange(H), torch.arange(W)
-    inside_y = (ys >= ib[:, 1:2].clamp(min=0)) & (ys < (ib[:, 3:4] + 1).clamp(max=H))
-    inside_x = (xs >= ib[:, 0:1].clamp(min=0)) & (xs < (ib[:, 2:3] + 1).clamp(max=W))
-    rect = (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
+    rect = pasted_rect(boxes, mask_size, H, W)
     assert (want[~rect] == 0).all() and (got[~rect] == 0).all()
     assert want.abs().max() > 0
     torch.testing.assert_close(got, want, **PASTE_TOL[dtype])
