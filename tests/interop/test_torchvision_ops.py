@@ -206,7 +206,13 @@ def test_multiscale_roi_align_empty_and_with_canonical_settings():
     kw = dict(canonical_scale=160, canonical_level=3)
     tv = torchvision.ops.MultiScaleRoIAlign(list(feats), 5, 0, **kw)
     ours = segops.MultiScaleRoIAlign(list(feats), 5, 0, **kw)
-    assert torch.equal(ours(feats, boxes, [(256, 320)] * 2), tv(feats, boxes, [(256, 320)] * 2))
+    want = tv(feats, boxes, [(256, 320)] * 2)
+    assert torch.equal(ours(feats, boxes, [(256, 320)] * 2), want)
+    with segops.patch_torchvision():  # torchvision's pooler on segops keeps the settings
+        assert torch.equal(tv(feats, boxes, [(256, 320)] * 2), want)
+    default = torchvision.ops.MultiScaleRoIAlign(list(feats), 5, 0)(feats, boxes,
+                                                                    [(256, 320)] * 2)
+    assert not torch.equal(default, want)  # the settings matter for these boxes
     empty = [random_boxes(0, 320, 256, g)] * 2
     got = ours(feats, empty, [(256, 320)] * 2)
     assert got.shape == (0, 4, 5, 5)
