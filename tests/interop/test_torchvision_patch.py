@@ -265,6 +265,27 @@ def test_scripting_under_the_patch_compiles_torchvision_functions():
     assert _ops_run(lambda: pooler(feats, [b], [(64, 64)])) == {"torchvision::roi_align"}
 
 
+def test_torch_compile_traces_the_replacements():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 2, 16, 16, generator=g)
+    rois = with_batch_index(random_boxes(5, 16, 16, g), 1, g)
+    boxes, scores = random_boxes(40, 50, 50, g), torch.rand(40, generator=g)
+
+    def f(x, rois, boxes, scores):
+        return torchvision.ops.roi_align(x, rois, 3, 1.0, 2), torchvision.ops.nms(boxes, scores,
+                                                                                  0.5)
+
+    want = f(x, rois, boxes, scores)
+    torch._dynamo.reset()
+    with segops.patch_torchvision():
+        compiled = torch.compile(f, backend="eager")
+        assert _ops_run(lambda: compiled(x, rois, boxes, scores)) == {"segops::roi_align",
+                                                                      "segops::nms"}
+        got = compiled(x, rois, boxes, scores)
+    torch._dynamo.reset()
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_quantized_roi_align_and_nms_take_torchvision():
     g = torch.Generator().manual_seed(3)
     x = torch.quantize_per_tensor(torch.rand(1, 2, 12, 12, generator=g), 0.01, 0, torch.quint8)
