@@ -30,7 +30,7 @@ import math
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import ModuleType
 
 import torch
@@ -39,7 +39,7 @@ from torch import Tensor
 from .ops.masks import paste_masks
 from .ops.nms import batched_nms as _segops_batched_nms
 from .ops.nms import nms as _segops_nms
-from .ops.roi import multilevel_roi_align
+from .ops.roi import BoxesType, multilevel_roi_align
 from .ops.roi import roi_align as _segops_roi_align
 from .ops.roi import roi_pool as _segops_roi_pool
 
@@ -52,8 +52,9 @@ def _tracing() -> bool:
 
 
 def _roi_align(original: Callable) -> Callable:
-    def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1,
-                  aligned=False):
+    def roi_align(input: Tensor, boxes: BoxesType, output_size: int | Sequence[int],
+                  spatial_scale: float = 1.0, sampling_ratio: int = -1,
+                  aligned: bool = False) -> Tensor:
         if _tracing() or input.is_quantized:
             return original(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
         return _segops_roi_align(input, boxes, output_size, spatial_scale, sampling_ratio,
@@ -63,7 +64,8 @@ def _roi_align(original: Callable) -> Callable:
 
 
 def _roi_pool(original: Callable) -> Callable:
-    def roi_pool(input, boxes, output_size, spatial_scale=1.0):
+    def roi_pool(input: Tensor, boxes: BoxesType, output_size: int | Sequence[int],
+                 spatial_scale: float = 1.0) -> Tensor:
         if _tracing():
             return original(input, boxes, output_size, spatial_scale)
         return _segops_roi_pool(input, boxes, output_size, spatial_scale)
@@ -72,7 +74,7 @@ def _roi_pool(original: Callable) -> Callable:
 
 
 def _nms(original: Callable) -> Callable:
-    def nms(boxes, scores, iou_threshold):
+    def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         if _tracing() or boxes.is_quantized:
             return original(boxes, scores, iou_threshold)
         return _segops_nms(boxes, scores, iou_threshold)
@@ -81,7 +83,7 @@ def _nms(original: Callable) -> Callable:
 
 
 def _batched_nms(original: Callable) -> Callable:
-    def batched_nms(boxes, scores, idxs, iou_threshold):
+    def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
         if _tracing():
             return original(boxes, scores, idxs, iou_threshold)
         return _segops_batched_nms(boxes, scores, idxs, iou_threshold)
@@ -113,7 +115,9 @@ def _pyramid_levels(scales: list[float], mapper: object, level_mapper: type) -> 
 def _multiscale_roi_align(original: Callable) -> Callable:
     level_mapper = sys.modules["torchvision.ops.poolers"].LevelMapper
 
-    def _multiscale_roi_align(x_filtered, boxes, output_size, sampling_ratio, scales, mapper):
+    def _multiscale_roi_align(x_filtered: list[Tensor], boxes: list[Tensor],
+                              output_size: Sequence[int], sampling_ratio: int,
+                              scales: list[float] | None, mapper: object) -> Tensor:
         if (
             _tracing()
             or scales is None
@@ -132,7 +136,8 @@ def _multiscale_roi_align(original: Callable) -> Callable:
 
 
 def _paste_masks_in_image(original: Callable) -> Callable:
-    def paste_masks_in_image(masks, boxes, img_shape, padding=1):
+    def paste_masks_in_image(masks: Tensor, boxes: Tensor, img_shape: Sequence[int],
+                             padding: int = 1) -> Tensor:
         if _tracing() or padding != 1:
             return original(masks, boxes, img_shape, padding)
         h, w = img_shape
@@ -174,7 +179,7 @@ class TorchvisionPatch:
 
     def __init__(self) -> None:
         self._replaced: list[tuple[ModuleType, str, Callable, Callable]] = []
-        self._wrappers: dict[int, Callable] = {}  # id(replacement) -> original
+        self._wrappers: list[Callable] = []  # this handle's replacements
         self.patched: list[str] = []
         self.active = False
 
@@ -186,8 +191,7 @@ class TorchvisionPatch:
                 importlib.import_module(module)
         except Exception as e:  # torchvision missing, or its binary not matching torch
             raise ImportError(f"patch_torchvision: torchvision could not be imported: {e}") from e
-        replacement: dict[int, Callable] = {}
-        originals: dict[int, Callable] = {}
+        by_original: dict[int, tuple[Callable, Callable]] = {}  # id -> (original, wrapper)
         missing = []
         for module, name, factory in _TARGETS:
             original = getattr(sys.modules[module], name, None)
@@ -200,8 +204,7 @@ class TorchvisionPatch:
                 # model scripted under the patch runs torchvision's own functions.
                 wrapper.__prepare_scriptable__ = _returning(original)
                 wrapper.__doc__ = f"segops' replacement of {module}.{name} (patch_torchvision)"
-                replacement[id(original)] = wrapper
-                originals[id(original)] = original
+                by_original[id(original)] = (original, wrapper)
         if missing:
             warnings.warn(
                 f"patch_torchvision: this torchvision ({sys.modules['torchvision'].__version__}) "
@@ -210,13 +213,13 @@ class TorchvisionPatch:
             )
         for module in _torchvision_modules():
             for attr, value in list(vars(module).items()):
-                wrapper = replacement.get(id(value))
-                if wrapper is not None and value is originals[id(value)]:
+                pair = by_original.get(id(value))
+                if pair is not None and value is pair[0]:
+                    original, wrapper = pair
                     setattr(module, attr, wrapper)
-                    self._replaced.append((module, attr, value, wrapper))
+                    self._replaced.append((module, attr, original, wrapper))
                     self.patched.append(f"{module.__name__}.{attr}")
-        self._wrappers = {id(w): getattr(w, _ORIGINAL) for w in replacement.values()}
-        self._keep = list(replacement.values())  # keep the ids above valid
+        self._wrappers = [wrapper for _, wrapper in by_original.values()]
         self.active = True
 
     def restore(self) -> None:
@@ -230,9 +233,8 @@ class TorchvisionPatch:
                     setattr(module, attr, original)
             for module in _torchvision_modules():
                 for attr, value in list(vars(module).items()):
-                    original = self._wrappers.get(id(value))
-                    if original is not None and getattr(value, _ORIGINAL, None) is original:
-                        setattr(module, attr, original)
+                    if any(value is wrapper for wrapper in self._wrappers):
+                        setattr(module, attr, getattr(value, _ORIGINAL))
             self.active = False
 
     def __enter__(self) -> TorchvisionPatch:

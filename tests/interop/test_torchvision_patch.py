@@ -343,3 +343,19 @@ def test_pyramid_check_rejects_other_mappers():
     assert not torchvision_compat._pyramid_levels(
         [1 / 4, 1 / 8, 1 / 32, 1 / 64], mapper, poolers.LevelMapper)
     assert not torchvision_compat._pyramid_levels(scales, object(), poolers.LevelMapper)
+
+
+def test_empty_inputs_give_torchvision_shapes():
+    boxes, scores, labels = torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long)
+
+    def calls():
+        return (roi_heads.paste_masks_in_image(torch.zeros(0, 1, 28, 28), boxes, (10, 12)),
+                torchvision.ops.nms(boxes, scores, 0.5),
+                torchvision.ops.batched_nms(boxes, scores, labels, 0.5),
+                torchvision.ops.roi_align(torch.rand(1, 2, 8, 8), torch.zeros(0, 5), 3))
+
+    want = calls()
+    with segops.patch_torchvision():
+        got = calls()
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
