@@ -1,6 +1,6 @@
 """torchvision's whole maskrcnn_resnet50_fpn (random weights) with and without
-segops.patch_torchvision: eval-mode detections and training-mode losses and gradients
-(docs/torchvision.md).
+segops.patch_torchvision: eval-mode detections and training-mode losses and gradients; and
+with segops.MultiScaleRoIAlign assigned as its poolers (docs/torchvision.md).
 
 Eval: boxes, labels and scores bit for bit; the pasted masks to segops' paste tolerance, the
 pasted rectangles exactly, and the thresholded masks exactly except where torchvision's value
@@ -39,6 +39,14 @@ def model():
     return maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, **MODEL_KW)
 
 
+@pytest.fixture(scope="module")
+def eval_reference(model):
+    """torchvision's own detections on _images()."""
+    model.eval()
+    with torch.no_grad():
+        return model(_images())
+
+
 def _images():
     g = torch.Generator().manual_seed(1)
     return [torch.rand(3, 224, 300, generator=g), torch.rand(3, 200, 280, generator=g)]
@@ -68,11 +76,11 @@ def _dispatcher_ops(prof) -> set[str]:
     return {e.key for e in prof.key_averages() if e.key.startswith(("segops::", "torchvision::"))}
 
 
-def test_eval_detections_identical(model):
+def test_eval_detections_identical(model, eval_reference):
     model.eval()
     images = _images()
+    want = eval_reference
     with torch.no_grad():
-        want = model(images)
         with segops.patch_torchvision():
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 got = model(images)
@@ -93,6 +101,33 @@ def test_eval_detections_identical(model):
         print(f"image {i}: {len(w['boxes'])} detections, {int((wm > 0.5).sum())} mask pixels "
               f"> 0.5, {int(differ.sum())} differ; max |mask diff| "
               f"{(om - wm).abs().max().item():.3g}")
+
+
+def test_eval_with_segops_poolers_assigned_identical(model, eval_reference):
+    """segops.MultiScaleRoIAlign assigned in place of the model's two poolers (torchvision's
+    constructors accept only their own class), without the patch: the same detections and
+    masks, bit for bit."""
+    model.eval()
+    images = _images()
+    heads = model.roi_heads
+    saved = heads.box_roi_pool, heads.mask_roi_pool
+    want = eval_reference
+    with torch.no_grad():
+        try:
+            for name, tv in (("box_roi_pool", saved[0]), ("mask_roi_pool", saved[1])):
+                setattr(heads, name, segops.MultiScaleRoIAlign(
+                    tv.featmap_names, tv.output_size, tv.sampling_ratio,
+                    canonical_scale=tv.canonical_scale, canonical_level=tv.canonical_level))
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                got = model(images)
+        finally:
+            heads.box_roi_pool, heads.mask_roi_pool = saved
+    assert "segops::multilevel_roi_align" in _dispatcher_ops(prof)
+    assert "torchvision::roi_align" not in _dispatcher_ops(prof)
+    for w, o in zip(want, got):
+        assert len(w["boxes"]) == 40
+        for key in ("boxes", "labels", "scores", "masks"):
+            assert torch.equal(o[key], w[key]), key
 
 
 def test_train_losses_and_gradients_identical(model):
