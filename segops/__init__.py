@@ -19,7 +19,11 @@ from .ops.masks import *  # noqa: E402,F401,F403
 from .ops.nms import *  # noqa: E402,F401,F403
 from .ops.patches import *  # noqa: E402,F401,F403
 from .ops.roi import *  # noqa: E402,F401,F403
+from .poolers import MultiScaleRoIAlign  # noqa: E402
+from .torchvision_compat import patch_torchvision  # noqa: E402
 
 __all__ = sorted(
     [*_roi.__all__, *_nms.__all__, *_masks.__all__, *_cluster.__all__, *_patches.__all__]
-) + ["TorchVersionWarning", "__version__"]
+) + [
+    "MultiScaleRoIAlign", "TorchVersionWarning", "__version__", "patch_torchvision"
+]
