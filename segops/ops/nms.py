@@ -24,6 +24,17 @@ def _capacity(value: int | None, op: str, name: str) -> int:
     return value
 
 
+def _exact(count: Tensor, *padded: Tensor) -> tuple[Tensor, ...]:
+    """The first `count` rows of each padded output: `narrow` by `count.item()` (one read),
+    bounded by `torch._check`, so that `torch.export` (non-strict too) traces an unbacked
+    size instead of failing on `int(count)`."""
+    n = count.item()
+    torch._check(n >= 0)
+    for t in padded:
+        torch._check(n <= t.shape[0])
+    return tuple(t.narrow(0, 0, n) for t in padded)
+
+
 def _nonneg(value: int, op: str, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{op}: `{name}` must be an int, got {value!r}")
@@ -56,7 +67,7 @@ def nms(
     check_same_device("nms", "boxes", {"boxes": boxes, "scores": scores})
     cap = _capacity(max_out, "nms", "max_out")
     keep, count = torch.ops.segops.nms(boxes, scores, float(iou_threshold), cap)
-    return keep[: int(count)] if max_out is None else (keep, count)
+    return _exact(count, keep)[0] if max_out is None else (keep, count)
 
 
 def batched_nms(
@@ -77,7 +88,7 @@ def batched_nms(
     check_same_device("batched_nms", "boxes", tensors)
     cap = _capacity(max_out, "batched_nms", "max_out")
     keep, count = torch.ops.segops.batched_nms(boxes, scores, idxs, float(iou_threshold), cap)
-    return keep[: int(count)] if max_out is None else (keep, count)
+    return _exact(count, keep)[0] if max_out is None else (keep, count)
 
 
 def fast_nms(
@@ -134,8 +145,7 @@ def fast_nms(
     )
     if padded:
         return idx, cls, sc, count
-    n = int(count)
-    return idx[:n], cls[:n], sc[:n]
+    return _exact(count, idx, cls, sc)
 
 
 def matrix_nms(
