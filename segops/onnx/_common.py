@@ -5,7 +5,7 @@ a translation (onnxscript's tracing evaluator records the ops), on ONNX IR value
 from __future__ import annotations
 
 import numpy as np
-import onnx_ir as ir
+from onnxscript import ir
 from onnxscript import evaluator
 from onnxscript import opset18 as op
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 
-import onnx_ir as ir
 from onnxscript import opset18 as op
 
 from ._common import (

@@ -14,7 +14,7 @@ pools zeros there; onnxruntime would read undefined memory).
 
 from __future__ import annotations
 
-import onnx_ir as ir
+from onnxscript import ir
 from onnxscript import opset18 as op
 
 from ._common import DOUBLE, FLOAT, HALF, INT64, col, compute_dtype, const, finite_rows, ints, to

@@ -42,7 +42,8 @@ class TinyDetectorTail(nn.Module):
 def _inputs(n: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     image = torch.randn(1, 3, 24, 32, generator=g)
-    return image, rand_boxes(n, seed, extent=20.0, size=10.0, clusters=4), torch.rand(n, generator=g)
+    boxes = rand_boxes(n, seed, extent=20.0, size=10.0, clusters=4)
+    return image, boxes, torch.rand(n, generator=g)
 
 
 def test_aoti_package_matches_eager(tmp_path):

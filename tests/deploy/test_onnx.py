@@ -202,7 +202,8 @@ def matrix_problem(seed: int, n: int, h: int, w: int):
     g = _gen(seed)
     masks = torch.zeros(n, h, w, dtype=torch.bool)
     for i in range(n):
-        y0, x0 = int(torch.randint(0, h, (), generator=g)), int(torch.randint(0, w, (), generator=g))
+        y0 = int(torch.randint(0, h, (), generator=g))
+        x0 = int(torch.randint(0, w, (), generator=g))
         y1 = y0 + int(torch.randint(0, h // 2 + 1, (), generator=g))
         x1 = x0 + int(torch.randint(0, w // 2 + 1, (), generator=g))
         masks[i, y0:y1, x0:x1] = True  # may be empty
