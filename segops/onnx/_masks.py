@@ -1,13 +1,13 @@
 """ONNX translations of the mask ops.
 
-``assemble_masks``: MatMul + Sigmoid, and YOLACT's crop as comparisons of the integer pixel
-indices with the crop bounds, computed in segops' dtype and order (``min(b1, b2) * S -
-padding`` clamped at 0, ``max(b1, b2) * S + padding`` clamped at S); a box with a
-non-finite coordinate is empty. The fused form composes the bilinear upsample
+``assemble_masks``: MatMul, ``1 / (1 + Exp(-z))`` (segops' sigmoid), and YOLACT's crop as
+comparisons of the integer pixel indices with the crop bounds, computed in segops' dtype
+and order (``min(b1, b2) * S - padding`` clamped at 0, ``max(b1, b2) * S + padding``
+clamped at S); a box with a non-finite coordinate is empty. The fused form composes the bilinear upsample
 (``align_corners=False``) from Gather and arithmetic with segops' tap arithmetic (source
 ``scale * (o + 0.5) - 0.5`` clamped at 0, ``scale = in / out``, the high tap clamped to the
 last pixel), so the only differences from eager are the MatMul's summation order and
-onnxruntime's Sigmoid: a few ulps of a value, which flips a mask pixel only where that value
+onnxruntime's Exp: a few ulps of a value, which flips a mask pixel only where that value
 lies within the rounding band of the threshold.
 
 ``paste_masks`` (detectron2 mode): GridSample (bilinear, zero padding,
@@ -36,7 +36,10 @@ def _logits_masks(protos, coeffs, boxes, padding: int):
     flat = op.Reshape(p, op.Concat(ints(-1), op.Shape(p, start=2, end=3), axis=0))  # [HW, k]
     z = op.MatMul(c, op.Transpose(flat, perm=[1, 0]))  # [N, HW]
     z = op.Reshape(z, op.Concat(ints(-1), op.Slice(shape, ints(0), ints(2)), axis=0))
-    sig = op.Sigmoid(z)  # [N, H, W]
+    # 1 / (1 + exp(-z)), segops' formula: onnxruntime's Sigmoid is accurate to about 1e-7
+    # absolute, which is far from 1e-5 relative for the small values of a mask's background
+    one = const(1, acc)
+    sig = op.Div(one, op.Add(one, op.Exp(op.Neg(z))))  # [N, H, W]
 
     geo = compute_dtype(boxes)
     b = to(boxes, geo)
