@@ -1,20 +1,20 @@
 """ONNX translations of the mask ops.
 
 ``assemble_masks``: MatMul, ``1 / (1 + Exp(-z))`` (segops' sigmoid), and YOLACT's crop as
-comparisons of the integer pixel indices with the crop bounds, computed in segops' dtype
-and order (``min(b1, b2) * S - padding`` clamped at 0, ``max(b1, b2) * S + padding``
-clamped at S); a box with a non-finite coordinate is empty. The fused form composes the bilinear upsample
-(``align_corners=False``) from Gather and arithmetic with segops' tap arithmetic (source
-``scale * (o + 0.5) - 0.5`` clamped at 0, ``scale = in / out``, the high tap clamped to the
-last pixel), so the only differences from eager are the MatMul's summation order and
+comparisons of the integer pixel indices with the crop bounds, computed in segops' dtype and
+order (``min(b1, b2) * S - padding`` clamped at 0, ``max(b1, b2) * S + padding`` clamped at
+S); a box with a non-finite coordinate is empty. The fused form composes the bilinear
+upsample (``align_corners=False``) from Gather and arithmetic with segops' tap arithmetic
+(source ``scale * (o + 0.5) - 0.5`` clamped at 0, ``scale = in / out``, the high tap clamped
+to the last pixel), so the only differences from eager are the MatMul's summation order and
 onnxruntime's Exp: a few ulps of a value, which flips a mask pixel only where that value
 lies within the rounding band of the threshold.
 
-``paste_masks`` (detectron2 mode): GridSample (bilinear, zero padding,
-``align_corners=0``) on the grid ``gx = ((x + 0.5) - x0) / (x1 - x0) * 2 - 1`` (clamped to
-[-3, 3], as segops), i.e. detectron2's GPU path; boxes with ``x1 <= x0``, ``y1 <= y0`` or a
-non-finite coordinate paste nothing. torchvision mode (integer boxes, a resize per box to
-a data-dependent size) has no standard-ONNX form and raises.
+``paste_masks`` (detectron2 mode): GridSample (bilinear, zero padding, ``align_corners=0``)
+on the grid ``gx = ((x + 0.5) - x0) / (x1 - x0) * 2 - 1`` (clamped to [-3, 3], as segops),
+i.e. detectron2's GPU path; boxes with ``x1 <= x0``, ``y1 <= y0`` or a non-finite coordinate
+paste nothing. torchvision mode (integer boxes, a resize per box to a data-dependent size)
+has no standard-ONNX form and raises.
 """
 
 from __future__ import annotations
