@@ -106,7 +106,7 @@ def extension():
 
 
 setup(
-    packages=["segops", "segops.ops", "segops.reference", "segops.models"],
+    packages=["segops", "segops.ops", "segops.reference", "segops.models", "segops.onnx"],
     package_dir={"segops": "segops", "segops.models": "models"},
     ext_modules=[extension()] if torch is not None else [],
     cmdclass=(

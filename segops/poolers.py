@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .ops._registry import pair
+from . import _args
 from .ops.roi import multilevel_roi_align
 
 _OP = "MultiScaleRoIAlign"
@@ -78,7 +78,7 @@ class MultiScaleRoIAlign(nn.Module):
         if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
             raise TypeError(f"{_OP}: `sampling_ratio` must be an int, got {sampling_ratio!r}")
         self.featmap_names = list(featmap_names)
-        self.output_size = pair(output_size, _OP, "output_size")
+        self.output_size = _args.size_pair(_OP, "output_size", output_size)
         self.sampling_ratio = sampling_ratio
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level

@@ -39,6 +39,10 @@ def spatial_coordinates(
     coordinates must be the same bits on every device) and cached per size and device, so
     that only the first call for a size copies to an accelerator: later calls, a captured
     CUDA graph among them, copy nothing. Treat the result as read-only (it is shared)."""
+    if torch.compiler.is_compiling() or not isinstance(size, int):
+        # Traced (torch.compile, torch.export), perhaps with a dynamic H or W: the result
+        # may be a fake tensor, which must not be cached for later eager calls.
+        return _coordinates_cpu(size, grid, float(extent), dtype).to(device)
     key = (size, grid, float(extent), dtype, torch.device(device))
     coords = _COORDINATES.get(key)
     if coords is None:

@@ -17,6 +17,17 @@ from ._library import fake, non_differentiable
 __all__ = ["batched_nms", "fast_nms", "matrix_nms", "nms"]
 
 
+def _exact(count: Tensor, *padded: Tensor) -> tuple[Tensor, ...]:
+    """The first `count` rows of each padded output: `narrow` by `count.item()` (one read),
+    bounded by `torch._check`, so that `torch.export` (non-strict too) traces an unbacked
+    size instead of failing on `int(count)`."""
+    n = count.item()
+    torch._check(n >= 0)
+    for t in padded:
+        torch._check(n <= t.shape[0])
+    return tuple(t.narrow(0, 0, n) for t in padded)
+
+
 def nms(
     boxes: Tensor, scores: Tensor, iou_threshold: float, max_out: int | None = None
 ) -> Tensor | tuple[Tensor, Tensor]:
@@ -42,7 +53,7 @@ def nms(
         _args.real(op, "iou_threshold", iou_threshold),
         _args.capacity(op, "max_out", max_out),
     )
-    return keep[: int(count)] if max_out is None else (keep, count)
+    return _exact(count, keep)[0] if max_out is None else (keep, count)
 
 
 def batched_nms(
@@ -63,7 +74,7 @@ def batched_nms(
         _args.tensor(op, "idxs", idxs), _args.real(op, "iou_threshold", iou_threshold),
         _args.capacity(op, "max_out", max_out),
     )
-    return keep[: int(count)] if max_out is None else (keep, count)
+    return _exact(count, keep)[0] if max_out is None else (keep, count)
 
 
 def fast_nms(
@@ -117,8 +128,7 @@ def fast_nms(
     )
     if padded:
         return idx, cls, sc, count
-    n = int(count)
-    return idx[:n], cls[:n], sc[:n]
+    return _exact(count, idx, cls, sc)
 
 
 def matrix_nms(
