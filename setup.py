@@ -10,6 +10,7 @@ Environment:
   CUDA_HOME               the toolkit (must contain include/cuda_runtime_api.h).
   TORCH_CUDA_ARCH_LIST    GPU archs; defaults to the visible GPU, else DEFAULT_ARCHS.
   MAX_JOBS                parallel compile jobs (ninja).
+  SEGOPS_SANITIZE         e.g. address,undefined: a sanitizer build (tools/check_sanitizers.sh).
 """
 
 import glob
@@ -71,6 +72,12 @@ def extension():
     # -ffp-contract=off: no fused multiply-adds, as nvcc's --fmad=false, so that the math
     # shared through csrc/common rounds identically on CPU and CUDA.
     cxx = ["-O3", "-g0", "-fno-trapping-math", "-ffp-contract=off"]
+    link = []
+    sanitize = os.environ.get("SEGOPS_SANITIZE", "")  # e.g. address,undefined (tools/)
+    if sanitize:
+        flags = [f"-fsanitize={sanitize}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+        cxx = ["-O1", "-g", "-fno-trapping-math", "-ffp-contract=off", *flags]
+        link = flags
     if torch.backends.openmp.is_available():
         cxx.append("-fopenmp")
     # No -std here: torch's own flags pick it (C++17 for torch 2.11, C++20 for 2.13).
@@ -82,7 +89,7 @@ def extension():
     if not want_cuda():
         return cpp_extension.CppExtension(
             "segops._C", sources, include_dirs=[CSRC],
-            extra_compile_args={"cxx": cxx + version_defines},
+            extra_compile_args={"cxx": cxx + version_defines}, extra_link_args=link,
         )
     if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS

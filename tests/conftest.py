@@ -39,6 +39,11 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "no_cuda_emu: not shadowed by the CUDA emulator (SEGOPS_CUDA_EMU)"
     )
+    if config.getoption("--cuda-emu"):
+        from helpers.cuda_emu_shadow import ShadowPlugin
+
+        seed = int(os.environ.get("SEGOPS_CUDA_EMU_SEED", "0"))
+        config.pluginmanager.register(ShadowPlugin(seed), "segops-cuda-emu")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -72,49 +77,13 @@ def device(request) -> str:
     return request.param
 
 
-# SEGOPS_CUDA_EMU=1: every segops op call is also run through the CUDA kernels on the CPU
-# emulator and compared with the CPU result (tests/helpers/cuda_emu_shadow.py, tools/cuda_emu);
+# SEGOPS_CUDA_EMU=1 (or --cuda-emu): every segops op call is also run through the CUDA kernels
+# on the CPU emulator and compared with the CPU result (tests/helpers/cuda_emu_shadow.py,
+# tools/cuda_emu), by a plugin registered only then: other runs pay nothing for it.
 # SEGOPS_CUDA_EMU_SEED=<n> shuffles the emulated block and thread order.
-_CUDA_EMU = os.environ.get("SEGOPS_CUDA_EMU", "") not in ("", "0")
 
 
-@pytest.fixture(scope="session")
-def _cuda_emu_module():
-    from helpers.cuda_emu_shadow import load
-
-    return load(seed=int(os.environ.get("SEGOPS_CUDA_EMU_SEED", "0")))
-
-
-@pytest.fixture(autouse=True)
-def _cuda_emu_shadow(request):
-    if not _CUDA_EMU or request.node.get_closest_marker("no_cuda_emu") is not None:
-        yield
-        return
-    from helpers.cuda_emu_shadow import Shadow
-
-    request.getfixturevalue("_cuda_emu_module")
-    with Shadow():
-        yield
-
-
-def pytest_terminal_summary(terminalreporter):
-    if not _CUDA_EMU:
-        return
-    from helpers.cuda_emu_shadow import calls
-
-    total = sum(calls.values())
-    terminalreporter.write_line(
-        f"cuda-emu: {total} op calls compared with emulated CUDA: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(calls.items()))
-    )
-    if total == 0:
-        terminalreporter.write_line("cuda-emu: the run fails: it compared no op call")
-
-
-def pytest_sessionfinish(session, exitstatus):
-    """A shadowed run that compared nothing must not pass."""
-    if _CUDA_EMU and exitstatus == 0 and session.testscollected:
-        from helpers.cuda_emu_shadow import calls
-
-        if sum(calls.values()) == 0:
-            session.exitstatus = 1
+def pytest_addoption(parser):
+    parser.addoption("--cuda-emu", action="store_true",
+                     default=os.environ.get("SEGOPS_CUDA_EMU", "") not in ("", "0"),
+                     help="also run every segops op call through the emulated CUDA kernels")

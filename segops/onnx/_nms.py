@@ -14,8 +14,8 @@ is segops' exactly:
 * NonMaxSuppression suppresses when its float32 IoU is ``> threshold`` with the threshold
   in float32, segops compares with the exact Python float: the threshold passed is the
   largest float32 not above it, for which both comparisons agree on every float32 IoU.
-  Thresholds >= 1 (or NaN) suppress nothing; a negative one suppresses everything after the
-  first box of each category (``max_output_boxes_per_class = 1``);
+  Thresholds >= 1 suppress nothing (NaN is refused by the op); a negative one suppresses
+  everything after the first box of each category (``max_output_boxes_per_class = 1``);
 * ``batched_nms`` runs one NonMaxSuppression batch per distinct category (Unique), all
   sharing the boxes.
 
@@ -79,7 +79,7 @@ def _greedy(name: str, boxes, scores, iou_threshold: float, idxs=None):
 
     thr = float(iou_threshold)
     per_class = INT64_MAX
-    if math.isnan(thr) or thr >= 1:
+    if thr >= 1:
         thr = 1.0  # float32 IoUs are <= 1: nothing is suppressed
     elif thr < 0:
         per_class, thr = 1, 0.0  # every IoU (>= 0) exceeds it: the first box alone

@@ -1,7 +1,8 @@
 """Shadow every segops op call with segops' CUDA kernels run by the CPU emulator.
 
-With ``SEGOPS_CUDA_EMU=1`` (``SEGOPS_CUDA_EMU_SEED=<n>`` for a shuffled schedule), conftest
-builds ``tools/cuda_emu`` and wraps each test in :class:`Shadow`, a dispatch mode that sees
+With ``SEGOPS_CUDA_EMU=1`` or ``--cuda-emu`` (``SEGOPS_CUDA_EMU_SEED=<n>`` for a shuffled
+schedule), conftest registers :class:`ShadowPlugin`, which builds ``tools/cuda_emu`` and runs
+each test's body in :class:`Shadow`, a dispatch mode that sees
 every ``torch.ops.segops.*`` call on CPU tensors (forward ops, backward ops, the ones the
 public wrappers and the models make), runs the CUDA glue and kernels on the same arguments
 as ``torch.ops.segops_emu.*``, and requires:
@@ -21,6 +22,7 @@ import collections
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -112,3 +114,36 @@ class Shadow(TorchDispatchMode):
         exact = name not in _ATOMIC_BACKWARD or torch.are_deterministic_algorithms_enabled()
         compare(name, out, emu, exact)
         return out
+
+
+class ShadowPlugin:
+    """The pytest plugin: each test's call (not its setup) runs under :class:`Shadow`,
+    except tests marked ``no_cuda_emu``; a run that compared nothing fails."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.loaded = False
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(self, item):
+        if item.get_closest_marker("no_cuda_emu") is not None:
+            yield
+            return
+        if not self.loaded:
+            load(self.seed)
+            self.loaded = True
+        with Shadow():
+            yield
+
+    def pytest_terminal_summary(self, terminalreporter):
+        total = sum(calls.values())
+        terminalreporter.write_line(
+            f"cuda-emu: {total} op calls compared with emulated CUDA: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(calls.items()))
+        )
+        if total == 0:
+            terminalreporter.write_line("cuda-emu: the run fails: it compared no op call")
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        if exitstatus == 0 and session.testscollected and sum(calls.values()) == 0:
+            session.exitstatus = 1

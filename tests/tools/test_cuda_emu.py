@@ -124,8 +124,15 @@ SELFTESTS = ["barrier", "ballot", "indices", "poisoned_shared", "exited_barrier"
              "partial_warp_vote", "block_too_large", "grid_too_large"]
 
 
-@pytest.mark.skipif(os.environ.get("SEGOPS_CUDA_EMU", "") in ("", "0"),
-                    reason="the CUDA emulator is built with SEGOPS_CUDA_EMU=1")
+@pytest.fixture(scope="module")
+def emulator(request):
+    if not request.config.getoption("--cuda-emu"):
+        pytest.skip("the CUDA emulator is built with SEGOPS_CUDA_EMU=1 (or --cuda-emu)")
+    from helpers.cuda_emu_shadow import load
+
+    return load(seed=int(os.environ.get("SEGOPS_CUDA_EMU_SEED", "0")))
+
+
 @pytest.mark.parametrize("name", SELFTESTS)
-def test_emulator_selftest(_cuda_emu_module, name):
-    assert _cuda_emu_module.selftest(name) == ""
+def test_emulator_selftest(emulator, name):
+    assert emulator.selftest(name) == ""
