@@ -1,0 +1,128 @@
+"""Timing for ``benchmarks/run.py``: medians with their spread, warm-up kept apart, thread
+counts pinned, and the machine's copy bandwidth (the memory floor's yardstick).
+
+A measurement (:func:`measure`) has three phases:
+
+1. **Warm-up**, never counted: one call (its output is kept for the cross-check), then more
+   until ``warmup_s`` has passed (at least one more unless the first call was slower than
+   ``single_call_s``); the fastest warm-up call estimates the cost of a call.
+2. **Samples**: calls faster than a tenth of ``min_run_time`` are timed in blocks by
+   ``torch.utils.benchmark.Timer.blocked_autorange`` (each sample is the mean of one block of
+   calls, long enough for the clock; about 20 blocks fill ``min_run_time``); slower calls
+   are timed one call per sample, as many samples as fit in ``min_run_time``, and at least
+   ``min_samples`` (at most ``max_samples``).
+3. **Summary**: the median of the samples, their interquartile range (``q3 - q1``; 0 for a
+   single sample), the number of samples and of calls.
+
+A call slower than ``single_call_s`` (and ``min_run_time``) is not repeated: its first call
+is its one sample, marked by ``samples == 1`` (no spread).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import statistics
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import torch
+import torch.utils.benchmark as tbench
+
+SINGLE_CALL_S = 2.0  # a first call this slow is not repeated (0.1 s with --quick)
+
+
+@dataclasses.dataclass
+class Timing:
+    median_s: float
+    iqr_s: float  # interquartile range of the samples (0 for one sample)
+    samples: int  # samples the median is over
+    calls: int  # calls timed in those samples (warm-up excluded unless it is the only one)
+    output: Any = None
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _quartiles(xs: List[float]) -> tuple:
+    if len(xs) < 2:
+        return xs[0], xs[0]
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def summarise(samples: List[float], calls: int, output: Any = None) -> Timing:
+    q1, q3 = _quartiles(samples)
+    return Timing(statistics.median(samples), q3 - q1, len(samples), calls, output)
+
+
+def measure(fn: Callable[[], Any], device: torch.device, min_run_time: float,
+            single_call_s: float = SINGLE_CALL_S, warmup_s: Optional[float] = None,
+            min_samples: int = 5, max_samples: int = 50) -> Timing:
+    """Time ``fn()`` on ``device`` (see the module docstring)."""
+
+    def timed_call():
+        sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        sync(device)
+        return time.perf_counter() - t0, out
+
+    warmup_s = min_run_time / 4 if warmup_s is None else warmup_s
+    first, output = timed_call()
+    if first >= max(min_run_time, single_call_s):
+        return summarise([first], 1, output)  # too slow to repeat: the warm-up is the sample
+    estimate, spent = first, first
+    while True:  # at least one more warm-up call: the first pays one-time costs
+        t = timed_call()[0]
+        estimate, spent = min(estimate, t), spent + t
+        if spent >= warmup_s:
+            break
+
+    if estimate * 10 <= min_run_time:
+        timer = tbench.Timer(stmt="fn()", globals={"fn": fn},
+                             num_threads=torch.get_num_threads())
+        m = timer.blocked_autorange(min_run_time=min_run_time)
+        return summarise(list(m.times), len(m.times) * m.number_per_run, output)
+    runs = max(min_samples, min(max_samples, int(min_run_time / max(estimate, 1e-9))))
+    samples = [timed_call()[0] for _ in range(runs)]
+    return summarise(samples, runs, output)
+
+
+@contextlib.contextmanager
+def num_threads(n: Optional[int]) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` for the block (``None``: leave it alone)."""
+    if n is None:
+        yield
+        return
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 256 << 20, repeats: int = 7) -> Dict:
+    """The machine's copy bandwidth at the current thread count: the median over ``repeats``
+    of ``dst.copy_(src)`` between two preallocated ``nbytes`` buffers (after one warm-up
+    copy that faults the pages in), counted as ``2 * nbytes`` moved (each byte read once
+    and written once). Returns ``{"bytes_per_s", "iqr_bytes_per_s", "buffer_bytes"}``."""
+    n = nbytes // 4
+    src = torch.ones(n, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    q1, q3 = _quartiles(times)
+    med = statistics.median(times)
+    del src, dst
+    return {"bytes_per_s": 2 * nbytes / med, "iqr_bytes_per_s": 2 * nbytes / q1 - 2 * nbytes / q3,
+            "buffer_bytes": nbytes}
