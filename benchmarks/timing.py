@@ -6,11 +6,11 @@ A measurement (:func:`measure`) has three phases:
 1. **Warm-up**, never counted: one call (its output is kept for the cross-check), then more
    until ``warmup_s`` has passed (at least one more unless the first call was slower than
    ``single_call_s``); the fastest warm-up call estimates the cost of a call.
-2. **Samples**: calls faster than a tenth of ``min_run_time`` are timed in blocks by
-   ``torch.utils.benchmark.Timer.blocked_autorange`` (each sample is the mean of one block of
-   calls, long enough for the clock; about 20 blocks fill ``min_run_time``); slower calls
-   are timed one call per sample, as many samples as fit in ``min_run_time``, and at least
-   ``min_samples`` (at most ``max_samples``).
+2. **Samples**: each sample is the mean time of a block of consecutive calls, the block
+   as short as gives about ``target_samples`` samples in ``min_run_time`` but at least
+   ``min_block_s`` long (so the clock's resolution and the loop cost nothing), a single call
+   for slow calls; samples are taken until ``min_run_time`` has passed and there are at
+   least ``min_samples`` of them (at most ``max_samples``).
 3. **Summary**: the median of the samples, their interquartile range (``q3 - q1``; 0 for a
    single sample), the number of samples and of calls.
 
@@ -27,7 +27,6 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
-import torch.utils.benchmark as tbench
 
 SINGLE_CALL_S = 2.0  # a first call this slow is not repeated (0.1 s with --quick)
 
@@ -60,35 +59,39 @@ def summarise(samples: List[float], calls: int, output: Any = None) -> Timing:
 
 def measure(fn: Callable[[], Any], device: torch.device, min_run_time: float,
             single_call_s: float = SINGLE_CALL_S, warmup_s: Optional[float] = None,
-            min_samples: int = 5, max_samples: int = 50) -> Timing:
+            min_samples: int = 5, max_samples: int = 200, target_samples: int = 30,
+            min_block_s: float = 1e-3) -> Timing:
     """Time ``fn()`` on ``device`` (see the module docstring)."""
 
-    def timed_call():
+    def timed_block(calls: int):
         sync(device)
         t0 = time.perf_counter()
+        for _ in range(calls - 1):
+            fn()
         out = fn()
         sync(device)
-        return time.perf_counter() - t0, out
+        return (time.perf_counter() - t0) / calls, out
 
     warmup_s = min_run_time / 4 if warmup_s is None else warmup_s
-    first, output = timed_call()
+    first, output = timed_block(1)
     if first >= max(min_run_time, single_call_s):
         return summarise([first], 1, output)  # too slow to repeat: the warm-up is the sample
     estimate, spent = first, first
     while True:  # at least one more warm-up call: the first pays one-time costs
-        t = timed_call()[0]
+        t = timed_block(1)[0]
         estimate, spent = min(estimate, t), spent + t
         if spent >= warmup_s:
             break
 
-    if estimate * 10 <= min_run_time:
-        timer = tbench.Timer(stmt="fn()", globals={"fn": fn},
-                             num_threads=torch.get_num_threads())
-        m = timer.blocked_autorange(min_run_time=min_run_time)
-        return summarise(list(m.times), len(m.times) * m.number_per_run, output)
-    runs = max(min_samples, min(max_samples, int(min_run_time / max(estimate, 1e-9))))
-    samples = [timed_call()[0] for _ in range(runs)]
-    return summarise(samples, runs, output)
+    block_s = max(min_block_s, min_run_time / target_samples)
+    block = max(1, int(block_s / max(estimate, 1e-9)))
+    samples: List[float] = []
+    spent = 0.0
+    while len(samples) < max_samples and (len(samples) < min_samples or spent < min_run_time):
+        t = timed_block(block)[0]
+        samples.append(t)
+        spent += t * block
+    return summarise(samples, len(samples) * block, output)
 
 
 @contextlib.contextmanager

@@ -99,11 +99,14 @@ SEGOPS_HOST_DEVICE A roi_pool_window_max(const T* plane, int64_t width, int64_t 
   for (int64_t h = h0; h < h1; ++h) {
     const T* row = plane + h * width;
     for (int64_t w = w0; w < w1; ++w) {
+      // No branch on the data (a mispredicted one per pixel costs more than the compare):
+      // the index is selected by a mask, and `above ? v : best` compiles to a max
+      // instruction that keeps `best` for NaN and for ties, as the comparison does.
       const A v = static_cast<A>(row[w]);
-      if (v > best) {
-        best = v;
-        arg = h * width + w;
-      }
+      const bool above = v > best;
+      const int64_t take = -static_cast<int64_t>(above);
+      arg = (arg & ~take) | ((h * width + w) & take);
+      best = above ? v : best;
     }
   }
   argmax = arg;

@@ -443,19 +443,28 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
     for (int64_t k = 0; k < K; ++k)
       batch[k] = roi_pool_geometry<G>(boxes + k * 5, static_cast<G>(spatial_scale), pooled_h,
                                       pooled_w, batch_size, H, W).batch;
-    for_channels(C, K * bins, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        for (int64_t n = 0; n < batch_size; ++n) {
-          A* plane = out + (n * C + c) * H * W;
-          std::fill(plane, plane + H * W, A(0));
-        }
+    // Channel blocks whose planes fill about half the per-core L2 cache: the output gradient
+    // and argmax are read in runs of a block's channels, RoI after RoI, and scattered into
+    // planes that stay cached.
+    const int64_t hw = H * W;
+    const int64_t plane_bytes = std::max<int64_t>(1, batch_size * hw * int64_t(sizeof(A)));
+    const int64_t block = std::clamp<int64_t>((int64_t(1) << 20) / plane_bytes, 1, 64);
+    const int64_t blocks = (C + block - 1) / block;
+    at::parallel_for(0, blocks, 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t c0 = t * block, c1 = std::min(C, c0 + block);
+        for (int64_t n = 0; n < batch_size; ++n)
+          std::fill(out + (n * C + c0) * hw, out + (n * C + c1) * hw, A(0));
         for (int64_t k = 0; k < K; ++k) {
           if (batch[k] < 0) continue;
-          A* plane = out + (batch[k] * C + c) * H * W;
-          const int64_t o = (k * C + c) * bins;
-          for (int64_t j = 0; j < bins; ++j) {
-            const int64_t a = idx[o + j];
-            if (a >= 0 && a < H * W) plane[a] += static_cast<A>(go[o + j]);
+          for (int64_t c = c0; c < c1; ++c) {
+            A* const plane = out + (batch[k] * C + c) * hw;
+            const scalar_t* const gk = go + (k * C + c) * bins;
+            const int64_t* const ik = idx + (k * C + c) * bins;
+            for (int64_t j = 0; j < bins; ++j) {
+              const int64_t a = ik[j];
+              if (a >= 0 && a < hw) plane[a] += static_cast<A>(gk[j]);
+            }
           }
         }
       }
