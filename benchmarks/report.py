@@ -215,8 +215,9 @@ def plot_speedups(rows: List[Dict[str, Any]], path: str, title: str) -> None:
         key = f"{r['op']}: {r['case']}"
         if key not in labels:
             labels.append(key)
-    fig_h = 1.5 + 0.28 * max(1, len(labels)) * max(1, len(impls)) ** 0.5
-    fig, axes = plt.subplots(1, len(threads) or 1, figsize=(7 * max(1, len(threads)), fig_h),
+    fig_h = 2.0 + 0.22 * max(1, len(labels)) * max(1, len(impls)) ** 0.5
+    fig, axes = plt.subplots(1, len(threads) or 1,
+                             figsize=(4.5 + 5.5 * max(1, len(threads)), fig_h),
                              sharey=True, squeeze=False)
     colours = plt.get_cmap("tab10")
     height = 0.8 / max(1, len(impls))
@@ -237,12 +238,12 @@ def plot_speedups(rows: List[Dict[str, Any]], path: str, title: str) -> None:
         ax.set_title(f"{t} thread{'s' if t and t > 1 else ''}" if t else "")
         ax.grid(axis="x", which="both", alpha=0.3)
     axes[0][0].set_yticks(range(len(labels)))
-    axes[0][0].set_yticklabels([lb if len(lb) < 70 else lb[:67] + "..." for lb in labels],
+    axes[0][0].set_yticklabels([lb if len(lb) < 64 else lb[:61] + "..." for lb in labels],
                                fontsize=7)
     axes[0][0].invert_yaxis()
     if impls:
         axes[0][-1].legend(loc="lower right", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig_h))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -256,7 +256,8 @@ def parse_args(argv=None):
                         "(impl 'segops-deterministic'; 'segops' rows then run with it False)")
     p.add_argument("--threads", type=_thread_list, default=None, metavar="N[,N...]",
                    help="torch.set_num_threads(N) for each measurement; several counts time "
-                        "every case at each, side by side (default: torch's current count)")
+                        "every case at each, side by side (default: torch's current count; "
+                        "1 with --quick)")
     p.add_argument("--min-run-time", type=float, default=None, metavar="S",
                    help="seconds of samples per impl, case and thread count (default 0.5; "
                         "0.05 with --quick)")
@@ -281,8 +282,8 @@ def parse_args(argv=None):
         args.results = True
     args.argv = argv
     args.dtype = _DTYPES[args.dtype]
-    if args.threads is None:
-        args.threads = [torch.get_num_threads()]
+    if args.threads is None:  # --quick: one thread, a smoke test unhurt by a busy machine
+        args.threads = [1] if args.quick else [torch.get_num_threads()]
     if args.min_run_time is None:
         args.min_run_time = 0.05 if args.quick else 0.5
     if args.reference is None:

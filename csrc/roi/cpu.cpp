@@ -81,6 +81,35 @@ void gather_backward(A* out, int64_t K, int64_t C, int64_t H, int64_t W, Footpri
   });
 }
 
+// A RoI's bilinear samples with their offsets and weights (bilinear_sample), bin by bin in
+// roi_align_bin's order, computed once per RoI: the per-channel loops then only load,
+// multiply and add, the same operations in the same order as roi_align_bin.
+template <typename G>
+struct RoIAlignTable {
+  std::vector<BilinearSample<G>> samples;
+  std::vector<int64_t> start;  // [bins + 1]: bin j's samples are [start[j], start[j + 1])
+  static constexpr int64_t kMaxSamples = int64_t(1) << 16;  // beyond: computed on the fly
+
+  // False (and no table) when the RoI has more samples than kMaxSamples.
+  bool build(const RoIAlignSamples<G>& rs, int64_t pooled_h, int64_t pooled_w) {
+    samples.clear();
+    start.assign(1, 0);
+    const RoIAxis<G>&y = rs.g.y, &x = rs.g.x;
+    const int64_t ny = std::max<int64_t>(0, y.last - y.first);
+    const int64_t nx = std::max<int64_t>(0, x.last - x.first);
+    if (ny * nx > kMaxSamples) return false;
+    for (int64_t ph = 0; ph < pooled_h; ++ph)
+      for (int64_t pw = 0; pw < pooled_w; ++pw) {
+        roi_align_bin_samples(rs.g, ph, pw, rs.yi(), rs.xi(),
+                              [&](const Interp1D<G>& a, const Interp1D<G>& c) {
+                                samples.push_back(bilinear_sample(a, c, x.size));
+                              });
+        start.push_back(static_cast<int64_t>(samples.size()));
+      }
+    return true;
+  }
+};
+
 at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
                                  double spatial_scale, int64_t pooled_h, int64_t pooled_w,
                                  int64_t sampling_ratio, bool aligned) {
@@ -88,32 +117,52 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t K = rois.size(0);
   check_batch_indices(rois, N, "roi_align");
-  at::Tensor out = at::zeros({K, C, pooled_h, pooled_w}, input.options());
-  if (out.numel() == 0 || H == 0 || W == 0) return out;
+  if (H == 0 || W == 0) return at::zeros({K, C, pooled_h, pooled_w}, input.options());
+  at::Tensor out = empty_output({K, C, pooled_h, pooled_w}, input.options());  // all written
+  if (out.numel() == 0) return out;
   const at::Tensor x = input.contiguous();
   const at::Tensor r = rois_for_geometry(rois, input.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "roi_align", [&] {
     using G = acc_t<scalar_t>;
+    using A = acc_t<scalar_t>;
     const scalar_t* in = x.const_data_ptr<scalar_t>();
     const G* boxes = r.const_data_ptr<G>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     const int64_t bins = pooled_h * pooled_w;
     at::parallel_for(0, K * C, std::max<int64_t>(1, 4096 / bins), [&](int64_t b, int64_t e) {
       int64_t k_geom = -1;
+      bool tabled = false;
       RoIAlignSamples<G> rs;
+      RoIAlignTable<G> table;
       for (int64_t i = b; i < e; ++i) {
         const int64_t k = i / C, c = i % C;
         if (k != k_geom) {
           rs.reset(roi_align_geometry<G>(boxes + k * 5, static_cast<G>(spatial_scale), pooled_h,
                                          pooled_w, sampling_ratio, aligned, N, H, W));
           k_geom = k;
+          tabled = !rs.g.empty && table.build(rs, pooled_h, pooled_w);
         }
-        if (rs.g.empty) continue;
+        scalar_t* oi = o + i * bins;
+        if (rs.g.empty) {
+          std::fill(oi, oi + bins, scalar_t(0));
+          continue;
+        }
         const scalar_t* plane = in + (rs.g.batch * C + c) * H * W;
+        if (tabled) {
+          const BilinearSample<G>* smp = table.samples.data();
+          const int64_t* st = table.start.data();
+          const A count = static_cast<A>(rs.g.count);
+          for (int64_t j = 0; j < bins; ++j) {
+            A acc = A(0);
+            for (int64_t s = st[j]; s < st[j + 1]; ++s) acc += bilinear_value<A>(plane, smp[s]);
+            oi[j] = static_cast<scalar_t>(acc / count);
+          }
+          continue;
+        }
         for (int64_t ph = 0; ph < pooled_h; ++ph)
           for (int64_t pw = 0; pw < pooled_w; ++pw)
-            o[i * bins + ph * pooled_w + pw] = static_cast<scalar_t>(
-                roi_align_bin<scalar_t, G, acc_t<scalar_t>>(plane, rs.g, ph, pw, rs.yi(), rs.xi()));
+            oi[ph * pooled_w + pw] = static_cast<scalar_t>(
+                roi_align_bin<scalar_t, G, A>(plane, rs.g, ph, pw, rs.yi(), rs.xi()));
       }
     });
   });
