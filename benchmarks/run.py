@@ -236,8 +236,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes and short timing: a smoke test (CI)")
     p.add_argument("--all", action="store_true",
-                   help="time everything, the slow pure-PyTorch references included "
-                        "(--reference all); the default leaves those out")
+                   help="the record: time everything, the slow pure-PyTorch references "
+                        "included (--reference all), with more samples (5, 0.5 s); the "
+                        "default run leaves those references out")
     p.add_argument("--results", action="store_true",
                    help="regenerate benchmarks/RESULTS.md and benchmarks/results.png: "
                         "the same as " + " ".join(RESULTS_ARGS))
@@ -259,13 +260,13 @@ def parse_args(argv=None):
                         "every case at each, side by side (default: torch's current count; "
                         "1 with --quick)")
     p.add_argument("--min-run-time", type=float, default=None, metavar="S",
-                   help="seconds of samples per impl, case and thread count (default 0.5; "
-                        "0.05 with --quick)")
+                   help="seconds of samples per impl, case and thread count (default 0.3; "
+                        "0.5 with --all, 0.05 with --quick)")
     p.add_argument("--ref-min-run-time", type=float, default=None, metavar="S",
                    help="the same for the reference (default 0.2; 0.02 with --quick)")
     p.add_argument("--min-samples", type=int, default=None, metavar="N",
-                   help="samples at least, for calls slower than a tenth of --min-run-time "
-                        "(default 5, 3 with --quick); faster calls get about 20 blocks")
+                   help="samples at least (default 3, 5 with --all); fast calls get about 30 "
+                        "blocks of calls in --min-run-time")
     p.add_argument("--json", default=None, metavar="PATH", help="write header + rows as JSON")
     p.add_argument("--markdown", default=None, metavar="PATH",
                    help="write the report as Markdown (RESULTS.md); the part of an existing "
@@ -284,14 +285,15 @@ def parse_args(argv=None):
     args.dtype = _DTYPES[args.dtype]
     if args.threads is None:  # --quick: one thread, a smoke test unhurt by a busy machine
         args.threads = [1] if args.quick else [torch.get_num_threads()]
+    # The default run is a quick look (a few minutes on 2 cores); --all is the record.
     if args.min_run_time is None:
-        args.min_run_time = 0.05 if args.quick else 0.5
+        args.min_run_time = 0.05 if args.quick else (0.5 if args.all else 0.3)
     if args.reference is None:
         args.reference = "all" if (args.quick or args.all) else "fast"
     if args.ref_min_run_time is None:
         args.ref_min_run_time = 0.02 if args.quick else 0.2
     if args.min_samples is None:
-        args.min_samples = 3 if args.quick else 5
+        args.min_samples = 5 if args.all else 3
     args.single_call_s = 0.1 if args.quick else SINGLE_CALL_S
     return args
 

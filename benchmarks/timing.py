@@ -4,8 +4,8 @@ counts pinned, and the machine's copy bandwidth (the memory floor's yardstick).
 A measurement (:func:`measure`) has three phases:
 
 1. **Warm-up**, never counted: one call (its output is kept for the cross-check), then more
-   until ``warmup_s`` has passed (at least one more unless the first call was slower than
-   ``single_call_s``); the fastest warm-up call estimates the cost of a call.
+   until ``warmup_s`` (a quarter of ``min_run_time``) has passed; the fastest warm-up call
+   estimates the cost of a call.
 2. **Samples**: each sample is the mean time of a block of consecutive calls, the block
    as short as gives about ``target_samples`` samples in ``min_run_time`` but at least
    ``min_block_s`` long (so the clock's resolution and the loop cost nothing), a single call
@@ -77,11 +77,9 @@ def measure(fn: Callable[[], Any], device: torch.device, min_run_time: float,
     if first >= max(min_run_time, single_call_s):
         return summarise([first], 1, output)  # too slow to repeat: the warm-up is the sample
     estimate, spent = first, first
-    while True:  # at least one more warm-up call: the first pays one-time costs
+    while spent < warmup_s:  # more warm-up while it is short: the first call pays one-time costs
         t = timed_block(1)[0]
         estimate, spent = min(estimate, t), spent + t
-        if spent >= warmup_s:
-            break
 
     block_s = max(min_block_s, min_run_time / target_samples)
     block = max(1, int(block_s / max(estimate, 1e-9)))
