@@ -108,6 +108,19 @@ struct RoIAlignTable {
       }
     return true;
   }
+
+  // Every bin of one plane into out[bins]: the bin's samples summed in order from 0, over
+  // `count` (roi_align_bin's operations).
+  template <typename T>
+  void pool(const T* plane, T* out, G count) const {
+    using A = acc_t<T>;
+    const BilinearSample<G>* smp = samples.data();
+    for (size_t j = 0; j + 1 < start.size(); ++j) {
+      A acc = A(0);
+      for (int64_t s = start[j]; s < start[j + 1]; ++s) acc += bilinear_value<A>(plane, smp[s]);
+      out[j] = static_cast<T>(acc / static_cast<A>(count));
+    }
+  }
 };
 
 at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
@@ -149,14 +162,7 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
         }
         const scalar_t* plane = in + (rs.g.batch * C + c) * H * W;
         if (tabled) {
-          const BilinearSample<G>* smp = table.samples.data();
-          const int64_t* st = table.start.data();
-          const A count = static_cast<A>(rs.g.count);
-          for (int64_t j = 0; j < bins; ++j) {
-            A acc = A(0);
-            for (int64_t s = st[j]; s < st[j + 1]; ++s) acc += bilinear_value<A>(plane, smp[s]);
-            oi[j] = static_cast<scalar_t>(acc / count);
-          }
+          table.pool(plane, oi, rs.g.count);
           continue;
         }
         for (int64_t ph = 0; ph < pooled_h; ++ph)
@@ -257,16 +263,23 @@ at::Tensor multilevel_roi_align_forward_cpu(at::TensorList features, const at::T
     const int64_t grain = std::max<int64_t>(1, 4096 / bins);
     at::parallel_for(0, p.slots() * C, grain, [&](int64_t b, int64_t e) {
       int64_t s_geom = -1, level = 0;
+      bool tabled = false;
       RoIAlignSamples<G> rs;
+      RoIAlignTable<G> table;
       for (int64_t i = b; i < e; ++i) {
         const int64_t s = i / C, c = i % C;
         if (s != s_geom) {
           rs.reset(p.geometry<G>(boxes, s, level));
           s_geom = s;
+          tabled = !rs.g.empty && table.build(rs, pooled_h, pooled_w);
         }
         if (rs.g.empty) continue;
         const scalar_t* plane =
             in[level] + (rs.g.batch * C + c) * p.height[level] * p.width[level];
+        if (tabled) {
+          table.pool(plane, o + i * bins, static_cast<G>(rs.g.count));
+          continue;
+        }
         for (int64_t ph = 0; ph < pooled_h; ++ph)
           for (int64_t pw = 0; pw < pooled_w; ++pw)
             o[i * bins + ph * pooled_w + pw] = static_cast<scalar_t>(
