@@ -1,36 +1,52 @@
 #!/usr/bin/env python
-"""Kernel timings: segops vs its pure-PyTorch reference vs peers (torchvision), one table.
+"""Kernel timings: segops against its peers (torchvision, YOLACT's chain) and its pure-PyTorch
+reference, one table, with each op's distance from its memory floor.
 
 Usage (from the repository root)::
 
-    python benchmarks/run.py                      # full sizes, cuda if available else cpu
-    python benchmarks/run.py --quick              # tiny sizes, CI smoke test (< 30 s on 2 cores)
-    python benchmarks/run.py --device cpu --threads 1 --filter roi_align
-    python benchmarks/run.py --deterministic --markdown benchmarks/RESULTS.md --json out.json
+    python benchmarks/run.py                      # full sizes, a few minutes on 2 cores
+    python benchmarks/run.py --all                # also the slow pure-PyTorch references
+    python benchmarks/run.py --results            # regenerate benchmarks/RESULTS.md + chart
+    python benchmarks/run.py --quick              # tiny sizes, CI smoke test (< 1 min)
+    python benchmarks/run.py --device cpu --threads 1,2 --filter roi_pool
+    python benchmarks/run.py --json out.json --markdown out.md --plot speedups.png
     python benchmarks/run.py --list               # show the registered cases
 
-Every row is the median wall time of one call (``torch.utils.benchmark``, which synchronises
-CUDA), and ``ratio`` is ``impl_time / segops_time`` for the same case: above 1 means segops is
-faster. Case names say what is timed: ``fwd`` is the forward call; ``bwd-only`` is
-``torch.autograd.grad(out, input, grad, retain_graph=True)`` on a forward computed once
-beforehand (the forward is not in the timing). ``calls`` is how many calls the median is
-over. Outputs (or gradients) of every implementation are compared with segops' (integer
-outputs, and every output of an ``exact`` case such as NMS indices, must be equal) and any
-mismatch is printed as a note under the table.
+Timing (``timing.py``): warm-up calls first, never counted; then samples (blocks of calls for
+fast ops, one call each for slow ones), reported as their median and interquartile range
+(``IQR``), with the number of samples; ``torch.set_num_threads`` is pinned for each
+measurement, and ``--threads 1,2`` times every case at each count side by side. A call over
+2 s is timed once (no spread). ``ratio`` is ``impl time / segops time`` for the same case
+and thread count: above 1 means segops is faster. Case names say what is timed: ``fwd`` is
+the forward call; ``bwd-only`` is ``torch.autograd.grad(out, input, grad,
+retain_graph=True)`` on a forward computed once beforehand. Outputs (or gradients) of every
+implementation are compared with segops' (integer outputs, and every output of an ``exact``
+case such as NMS indices, must be equal) and any mismatch is printed as a note.
 
-The pure-PyTorch reference loops in Python (over RoIs, over kept boxes): a call over 2 s is
-timed once, and by default at full sizes only forward cases time it (``--reference all``:
-its RoI backward takes minutes per call on CPU). ``--deterministic`` adds
-``segops-deterministic`` rows to backward cases: the same backward under
-``torch.use_deterministic_algorithms(True)``. ``segops-padded`` rows time the sync-free
-(fixed-size, padded) form of an op where it has one.
+Rows: ``segops``; its variants (``segops-padded``: the sync-free padded form;
+``segops-deterministic`` with ``--deterministic``: the backward under
+``torch.use_deterministic_algorithms(True)``); the peers, ``torchvision`` where it imports
+(roi_align, roi_pool, nms, batched_nms, ``MultiScaleRoIAlign``, ``paste_masks_in_image``),
+``yolact`` (YOLACT's mask chain, plain PyTorch, always) and ``detectron2`` where it
+imports; and ``reference (pure PyTorch)``, segops' executable specification, which loops in
+Python: the default run leaves out the references that take seconds a call (``--all``
+times them).
+
+Memory floor: each case defines the bytes its op must move at least (inputs read once,
+outputs written once; the formula is in the family's module docstring). The run starts by
+measuring the copy bandwidth (``Tensor.copy_`` between two large buffers) at each thread
+count; ``floor (ms)`` is the bytes over it, ``time / floor`` how far a row is from it.
+
+Progress: a bar with an ETA on a terminal (tqdm); without one (CI logs), or with
+``--verbose``, a line per timed row.
 
 The cases live in ``benchmarks/cases/``, one module per op family (``roi.py``, ``nms.py``),
 with the registry (``registry.py``) and shared input builders (``inputs.py``). Adding a
 family: a module whose ``register_cases()`` calls ``register(...)`` per case, listed in
 ``cases/__init__.py``; each case's ``setup(ctx)`` builds its inputs and returns
-``{impl_name: zero-arg callable}`` (or a ``Fn`` for per-impl options). The runner does the
-rest: timing, ratios, cross-checking outputs against segops, the table, JSON and Markdown.
+``{impl_name: zero-arg callable}`` (or a ``Fn`` for per-impl options); ``floor=`` gives its
+memory floor. The runner does the rest: timing, ratios, cross-checking outputs against
+segops, the table, JSON, Markdown and the chart (``report.py``).
 """
 
 from __future__ import annotations
@@ -38,20 +54,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime
 import gc
 import json
 import math
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
-import torch.utils.benchmark as tbench
+from tqdm import tqdm
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
@@ -61,9 +73,14 @@ if BENCH_DIR not in sys.path:  # imported rather than run as a script
 # The case registry and every family's cases (benchmarks/cases/); re-exported from here.
 from cases import CASES, Case, Ctx, Fn, register, resolve_names  # noqa: E402,F401
 from cases.registry import compare, count_differences, shapes, tolerance  # noqa: E402
+from report import (fmt_ms, format_markdown, format_text_table, kept_notes_of,  # noqa: E402
+                    plot_speedups)
+from machine import make_header  # noqa: E402
+from timing import SINGLE_CALL_S, Timing, copy_bandwidth, measure, num_threads  # noqa: E402
 
 # Fixed order of implementations within a case; unknown names sort after these.
-IMPL_ORDER = ("segops", "segops-padded", "segops-deterministic", "torchvision", "reference")
+IMPL_ORDER = ("segops", "segops-padded", "segops-deterministic", "torchvision", "yolact",
+              "detectron2", "reference")
 # Implementations that belong to this project: their failure fails the run (exit code 1).
 OWN_IMPLS = ("segops", "segops-padded", "segops-deterministic", "reference")
 
@@ -96,13 +113,8 @@ def _import_torchvision():
 
 
 # --------------------------------------------------------------------------------------
-# Timing
+# Header facts
 # --------------------------------------------------------------------------------------
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @contextlib.contextmanager
@@ -122,191 +134,13 @@ def _deterministic(mode: Optional[bool]):
 def warm_up_torch() -> None:
     """Pay torch's one-time costs before anything is timed: the first
     ``torch.autograd.grad`` with explicit grad_outputs imports
-    ``torch.fx.experimental.symbolic_shapes`` (~1 s), which would land in the first
-    ``bwd-only`` sample (a single-call one with --quick)."""
+    ``torch.fx.experimental.symbolic_shapes`` (~1 s)."""
     x = torch.ones(1, requires_grad=True)
     torch.autograd.grad(x * 2, x, torch.ones(1))
 
 
-SINGLE_CALL_S = 2.0  # a first call this slow is not repeated (0.1 s with --quick)
-
-
-@dataclasses.dataclass
-class Timing:
-    median_s: float
-    calls: int  # calls timed (warm-up excluded unless it is the only sample)
-    output: Any = None
-
-
-def measure(fn: Callable[[], Any], device: torch.device, min_run_time: float,
-            single_call_s: float = SINGLE_CALL_S) -> Timing:
-    """Median seconds per call of ``fn``, and how many calls were timed.
-
-    Warm-up first: one call (its output is kept for cross-checking), then, unless that took
-    over ``single_call_s`` seconds, a second one, which estimates the cost of a call. Fast
-    calls then go through ``Timer.blocked_autorange(min_run_time)``; calls slower than a
-    third of ``min_run_time`` are timed one call per run, as many runs as fit in
-    ``min_run_time`` (at least one, at most 10; the second warm-up call is the first of
-    them). A call over ``single_call_s`` seconds (and over ``min_run_time``) is not
-    repeated: the first call is the one sample.
-    """
-
-    def timed_call():
-        _sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        _sync(device)
-        return time.perf_counter() - t0, out
-
-    first, output = timed_call()
-    if first >= max(min_run_time, single_call_s):
-        return Timing(first, 1, output)  # too slow to repeat: the warm-up is the sample
-    second = timed_call()[0]
-    estimate = min(first, second)
-
-    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    if estimate * 3 <= min_run_time:
-        m = timer.blocked_autorange(min_run_time=min_run_time)
-        return Timing(m.median, len(m.times) * m.number_per_run, output)
-    # Slow: the second call counts as the first sample, then one call per run.
-    runs = max(1, min(10, int(min_run_time / estimate)))
-    times = [second] + [timer.timeit(1).median for _ in range(runs - 1)]
-    return Timing(statistics.median(times), runs, output)
-
-
 # --------------------------------------------------------------------------------------
-# Reporting
-# --------------------------------------------------------------------------------------
-
-COLUMNS = ("op", "case", "impl", "median (ms)", "ratio to segops", "calls")
-
-
-def _fmt_ms(ms: Optional[float]) -> str:
-    if ms is None:
-        return "error"
-    if ms >= 100:
-        return f"{ms:.0f}"
-    if ms >= 10:
-        return f"{ms:.1f}"
-    if ms >= 1:
-        return f"{ms:.2f}"
-    return f"{ms:.3f}"
-
-
-def _fmt_ratio(r: Optional[float]) -> str:
-    if r is None:
-        return "-"
-    return f"{r:.1f}" if r >= 100 else f"{r:.2f}"
-
-
-def _table_cells(rows: List[Dict[str, Any]]) -> List[List[str]]:
-    return [
-        [
-            r["op"], r["case"], r["impl"], _fmt_ms(r["median_ms"]), _fmt_ratio(r["ratio"]),
-            str(r["calls"]) if r["calls"] else "-",
-        ]
-        for r in rows
-    ]
-
-
-def format_text_table(rows: List[Dict[str, Any]]) -> str:
-    cells = _table_cells(rows)
-    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(COLUMNS)]
-    numeric = (False, False, False, True, True, True)
-
-    def line(vals):
-        return "  ".join(
-            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)
-        ).rstrip()
-
-    out = [line(COLUMNS), line(["-" * w for w in widths])]
-    prev_case = None
-    for r, c in zip(rows, cells):
-        key = (r["op"], r["case"])
-        if prev_case is not None and key != prev_case and r["op"] != prev_case[0]:
-            out.append("")
-        prev_case = key
-        out.append(line(c))
-    return "\n".join(out)
-
-
-def format_markdown(rows: List[Dict[str, Any]], header: Dict[str, Any], notes: List[str]) -> str:
-    commit = header["segops_commit"] or "unknown"
-    if header.get("segops_dirty"):
-        commit += " (+ uncommitted changes)"
-    tv = header["torchvision_version"]
-    lines = [
-        f"### {header['device_name']} ({header['device']}), {header['date']}",
-        "",
-        f"- torch {header['torch_version']}" + (f", torchvision {tv}" if tv else "")
-        + f", Python {header['python_version']}",
-        f"- segops commit {commit}",
-        f"- dtype {header['dtype']}, threads {header['threads']}, "
-        f"{'quick' if header['quick'] else 'full'} sizes"
-        + (", filter `" + header["filter"] + "`" if header["filter"] else "")
-        + {"all": "", "fwd": ", reference timed on forward cases only",
-           "none": ", reference not timed"}[header["reference"]],
-        "- median of one call; ratio = impl time / segops time (> 1: segops is faster); "
-        "`bwd-only` times `autograd.grad` on a precomputed forward",
-        "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join(["---"] * 3 + ["---:"] * 3) + "|",
-    ]
-    for c in _table_cells(rows):
-        lines.append("| " + " | ".join(v.replace("|", "\\|") for v in c) + " |")
-    if notes:
-        lines.append("")
-        lines.extend(f"- {n}" for n in notes)
-    return "\n".join(lines) + "\n"
-
-
-def _git(*args) -> Optional[str]:
-    try:
-        res = subprocess.run(
-            ["git", "-C", REPO_ROOT, *args], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() if res.returncode == 0 else None
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for ln in f:
-                if ln.startswith("model name"):
-                    return ln.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def make_header(args, device: torch.device, tv) -> Dict[str, Any]:
-    commit = _git("rev-parse", "--short", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch_version": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "torchvision_version": getattr(tv, "__version__", None) if tv is not None else None,
-        "python_version": platform.python_version(),
-        "device": str(device),
-        "device_name": _device_name(device),
-        "segops_commit": commit,
-        "segops_dirty": bool(status) if status is not None else None,
-        "threads": torch.get_num_threads(),
-        "dtype": str(args.dtype).replace("torch.", ""),
-        "quick": args.quick,
-        "filter": args.filter,
-        "reference": args.reference,
-        "cpu_count": os.cpu_count(),
-    }
-
-
-# --------------------------------------------------------------------------------------
-# Main
+# Arguments
 # --------------------------------------------------------------------------------------
 
 _DTYPES = {
@@ -316,50 +150,93 @@ _DTYPES = {
     "bfloat16": torch.bfloat16,
 }
 
+RESULTS_ARGS = ["--device", "cpu", "--all", "--threads", "1,2",
+                "--markdown", "benchmarks/RESULTS.md", "--plot", "benchmarks/results.png"]
+
+
+def _thread_list(text: str) -> List[int]:
+    try:
+        out = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        out = []
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected thread counts like 1,2; got {text!r}")
+    return out
+
 
 def parse_args(argv=None):
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     p = argparse.ArgumentParser(
-        description="Time segops ops against the pure-PyTorch reference and peers.",
-        epilog="ratio = impl median / segops median for the same case (> 1: segops is faster).",
-    )
+        description="Time segops ops against their peers (torchvision, YOLACT's chain) and "
+                    "the pure-PyTorch reference.",
+        epilog="ratio = impl median / segops median for the same case and thread count "
+               "(> 1: segops is faster).")
     p.add_argument("--device", choices=("cpu", "cuda"), default=default_device,
                    help=f"device to time on (default: {default_device})")
     p.add_argument("--dtype", choices=tuple(_DTYPES), default="float32",
                    help="floating dtype of features and boxes (default: float32)")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes and short timing: a smoke test (CI)")
+    p.add_argument("--all", action="store_true",
+                   help="the record: time everything, the slow pure-PyTorch references "
+                        "included (--reference all), with more samples (5, 0.5 s); the "
+                        "default run leaves those references out")
+    p.add_argument("--results", action="store_true",
+                   help="regenerate benchmarks/RESULTS.md and benchmarks/results.png: "
+                        "the same as " + " ".join(RESULTS_ARGS))
     p.add_argument("--filter", default=None, metavar="SUBSTR",
                    help="only cases whose 'op case' contains SUBSTR; comma-separated "
                         "SUBSTRs select the union (e.g. 'roi_align,roi_pool P4')")
     p.add_argument("--impls", default=None, metavar="LIST",
                    help="comma-separated implementations to time (default: all available: "
                         + ", ".join(IMPL_ORDER) + ")")
-    p.add_argument("--reference", choices=("all", "fwd", "none"), default=None,
-                   help="which cases time the pure-PyTorch reference: all, forward cases only, "
-                        "or none (default: all with --quick, else fwd: at full sizes its "
-                        "backward takes minutes per call on CPU)")
+    p.add_argument("--reference", choices=("all", "fast", "none"), default=None,
+                   help="which cases time the pure-PyTorch reference: all; fast, those whose "
+                        "reference takes well under seconds a call (default; all with "
+                        "--quick or --all); none")
     p.add_argument("--deterministic", action="store_true",
                    help="also time segops backward with torch.use_deterministic_algorithms(True) "
                         "(impl 'segops-deterministic'; 'segops' rows then run with it False)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch.set_num_threads(N) for the whole run (CPU scaling reports)")
+    p.add_argument("--threads", type=_thread_list, default=None, metavar="N[,N...]",
+                   help="torch.set_num_threads(N) for each measurement; several counts time "
+                        "every case at each, side by side (default: torch's current count; "
+                        "1 with --quick)")
     p.add_argument("--min-run-time", type=float, default=None, metavar="S",
-                   help="seconds of timing per impl and case (default 1.0; 0.05 with --quick)")
+                   help="seconds of samples per impl, case and thread count (default 0.3; "
+                        "0.5 with --all, 0.05 with --quick)")
     p.add_argument("--ref-min-run-time", type=float, default=None, metavar="S",
-                   help="the same for the slow reference (default 0.2; 0.02 with --quick)")
+                   help="the same for the reference (default 0.2; 0.02 with --quick)")
+    p.add_argument("--min-samples", type=int, default=None, metavar="N",
+                   help="samples at least (default 3, 5 with --all); fast calls get about 30 "
+                        "blocks of calls in --min-run-time")
     p.add_argument("--json", default=None, metavar="PATH", help="write header + rows as JSON")
     p.add_argument("--markdown", default=None, metavar="PATH",
-                   help="write the table as Markdown (for benchmarks/RESULTS.md)")
+                   help="write the report as Markdown (RESULTS.md); the part of an existing "
+                        "file after its notes marker is kept")
+    p.add_argument("--plot", default=None, metavar="PATH",
+                   help="write a PNG chart of segops' speedup against each implementation")
+    p.add_argument("--verbose", action="store_true",
+                   help="a line per timed row on stderr (the default without a terminal)")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
+    if args.results:
+        args = p.parse_args(RESULTS_ARGS + [a for a in argv if a != "--results"])
+        args.results = True
+    args.argv = argv
     args.dtype = _DTYPES[args.dtype]
+    if args.threads is None:  # --quick: one thread, a smoke test unhurt by a busy machine
+        args.threads = [1] if args.quick else [torch.get_num_threads()]
+    # The default run is a quick look (a few minutes on 2 cores); --all is the record.
     if args.min_run_time is None:
-        args.min_run_time = 0.05 if args.quick else 1.0
+        args.min_run_time = 0.05 if args.quick else (0.5 if args.all else 0.3)
     if args.reference is None:
-        args.reference = "all" if args.quick else "fwd"
+        args.reference = "all" if (args.quick or args.all) else "fast"
     if args.ref_min_run_time is None:
         args.ref_min_run_time = 0.02 if args.quick else 0.2
+    if args.min_samples is None:
+        args.min_samples = 5 if args.all else 3
+    args.single_call_s = 0.1 if args.quick else SINGLE_CALL_S
     return args
 
 
@@ -374,46 +251,21 @@ def _impl_rank(name: str) -> int:
     return IMPL_ORDER.index(name) if name in IMPL_ORDER else len(IMPL_ORDER)
 
 
-def run_case(case: Case, ctx: Ctx, args) -> tuple:
-    """Time every implementation of one case; return (rows, notes)."""
-    rows: List[Dict[str, Any]] = []
-    notes: List[str] = []
-    base = {"op": case.op, "case": case.name, "backward": case.backward, "params": case.params}
-    if "reference" in ctx.impls and (
-        args.reference == "none" or (args.reference == "fwd" and case.backward)
-    ):
-        ctx = dataclasses.replace(ctx, impls=[i for i in ctx.impls if i != "reference"])
-    try:
-        impls = case.setup(ctx)
-    except Exception as e:  # noqa: BLE001 - report and keep going
-        notes.append(f"{case.key}: setup failed: {type(e).__name__}: {e}")
-        rows.append({**base, "impl": "segops", "median_ms": None, "ratio": None, "calls": 0,
-                     "error": f"setup: {type(e).__name__}: {e}"})
-        return rows, notes
+def impl_kind(name: str) -> str:
+    if name == "segops":
+        return "segops"
+    if name.startswith("segops-"):
+        return "variant"
+    return "reference" if name == "reference" else "peer"
 
-    timings: Dict[str, Timing] = {}
-    for name in sorted(impls, key=_impl_rank):
-        spec = impls.pop(name)  # drop each implementation's state once it has been timed
-        fn = spec if isinstance(spec, Fn) else Fn(call=spec)
-        mrt = args.ref_min_run_time if name == "reference" else args.min_run_time
-        row = {**base, "impl": name, "median_ms": None, "ratio": None, "calls": 0}
-        try:
-            call = fn.prepare() if fn.prepare is not None else fn.call
-            with _deterministic(fn.deterministic):
-                t = measure(call, ctx.device, mrt, 0.1 if ctx.quick else SINGLE_CALL_S)
-            del call
-            if fn.output is not None:
-                t.output = fn.output(t.output)
-            timings[name] = t
-            row["median_ms"] = t.median_s * 1e3
-            row["calls"] = t.calls
-        except Exception as e:  # noqa: BLE001
-            row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-            notes.append(f"{case.key} [{name}]: {row['error']}")
-        rows.append(row)
-        shown = row.get("error") or f"{_fmt_ms(row['median_ms'])} ms ({row['calls']} calls)"
-        print(f"  {case.key} [{name}]: {shown}", file=sys.stderr, flush=True)
 
+# --------------------------------------------------------------------------------------
+# Running a case
+# --------------------------------------------------------------------------------------
+
+
+def _cross_check(case: Case, ctx: Ctx, rows, timings, notes) -> None:
+    """Ratios to segops, and every output compared with segops' (notes on mismatches)."""
     seg = timings.get("segops")
     tol = tolerance(case, ctx.dtype)
     for row in rows:
@@ -421,26 +273,116 @@ def run_case(case: Case, ctx: Ctx, args) -> tuple:
         if seg is None or t is None:
             continue
         row["ratio"] = t.median_s / seg.median_s
-        if row["impl"] != "segops":
-            diff = compare(t.output, seg.output)
-            finite = diff is None or math.isfinite(diff)
-            row["max_rel_diff_vs_segops"] = diff if finite else str(diff)  # JSON has no inf
-            if diff is None:
-                notes.append(f"{case.key} [{row['impl']}]: output not comparable with segops "
-                             f"(shapes {shapes(t.output)} vs {shapes(seg.output)})")
-            elif case.exact and diff != 0:
-                notes.append(f"{case.key} [{row['impl']}]: differs from segops (exact case: "
-                             f"{count_differences(t.output, seg.output)})")
-            elif not diff <= tol:
-                notes.append(f"{case.key} [{row['impl']}]: differs from segops, "
-                             f"max |diff| / max(1, max|out|) = {diff:.3g} > {tol:g}")
+        if row["impl"] == "segops":
+            continue
+        diff = compare(t.output, seg.output)
+        finite = diff is None or math.isfinite(diff)
+        row["max_rel_diff_vs_segops"] = diff if finite else str(diff)  # JSON has no inf
+        where = f"{case.key} [{row['impl']}, {row['threads']} threads]"
+        if diff is None:
+            notes.append(f"{where}: output not comparable with segops "
+                         f"(shapes {shapes(t.output)} vs {shapes(seg.output)})")
+        elif case.exact and diff != 0:
+            notes.append(f"{where}: differs from segops (exact case: "
+                         f"{count_differences(t.output, seg.output)})")
+        elif not diff <= tol:
+            notes.append(f"{where}: differs from segops, "
+                         f"max |diff| / max(1, max|out|) = {diff:.3g} > {tol:g}")
+
+
+def run_case(case: Case, ctx: Ctx, args, bandwidth: Dict[int, Dict[str, float]],
+             log: Callable[[str], None], progress: Callable[[], None] = lambda: None) -> tuple:
+    """Time every implementation of one case at every thread count; return (rows, notes).
+    ``progress()`` is called after each thread count."""
+    rows: List[Dict[str, Any]] = []
+    notes: List[str] = []
+    base = {"op": case.op, "case": case.name, "backward": case.backward, "params": case.params}
+    if "reference" in ctx.impls and (
+        args.reference == "none" or (args.reference == "fast" and case.slow_reference)
+    ):
+        ctx = dataclasses.replace(ctx, impls=[i for i in ctx.impls if i != "reference"])
+    try:
+        impls = case.setup(ctx)
+    except Exception as e:  # noqa: BLE001 - report and keep going
+        notes.append(f"{case.key}: setup failed: {type(e).__name__}: {e}")
+        for t in args.threads:
+            rows.append({**base, "impl": "segops", "kind": "segops", "threads": t,
+                         "median_ms": None, "iqr_ms": None, "ratio": None, "samples": 0,
+                         "calls": 0, "error": f"setup: {type(e).__name__}: {e}"})
+            progress()
+        return rows, notes
+
+    names = sorted(impls, key=_impl_rank)
+    floor_bytes: Optional[int] = None
+    for ti, threads in enumerate(args.threads):
+        t_rows: List[Dict[str, Any]] = []
+        timings: Dict[str, Timing] = {}
+        with num_threads(threads):
+            for name in names:
+                spec = impls[name]
+                if ti == len(args.threads) - 1:
+                    del impls[name]  # drop each implementation's state once it is done
+                fn = spec if isinstance(spec, Fn) else Fn(call=spec)
+                ref = name == "reference"
+                row = {**base, "impl": name, "kind": impl_kind(name), "threads": threads,
+                       "median_ms": None, "iqr_ms": None, "ratio": None, "samples": 0,
+                       "calls": 0}
+                try:
+                    call = fn.prepare() if fn.prepare is not None else fn.call
+                    with _deterministic(fn.deterministic):
+                        t = measure(call, ctx.device,
+                                    args.ref_min_run_time if ref else args.min_run_time,
+                                    single_call_s=args.single_call_s,
+                                    min_samples=3 if ref else args.min_samples)
+                    del call
+                    if name == "segops" and case.floor is not None and floor_bytes is None:
+                        floor_bytes = int(case.floor(ctx, t.output))
+                    if fn.output is not None:
+                        t.output = fn.output(t.output)
+                    timings[name] = t
+                    row.update(median_ms=t.median_s * 1e3, iqr_ms=t.iqr_s * 1e3,
+                               samples=t.samples, calls=t.calls)
+                except Exception as e:  # noqa: BLE001
+                    row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+                    notes.append(f"{case.key} [{name}, {threads} threads]: {row['error']}")
+                t_rows.append(row)
+                shown = row.get("error") or (
+                    f"{fmt_ms(row['median_ms'])} ms (IQR {fmt_ms(row['iqr_ms'])}, "
+                    f"{row['samples']} samples)")
+                log(f"  {case.key} [{name}, {threads} thr]: {shown}")
+        _cross_check(case, ctx, t_rows, timings, notes)
+        timings.clear()  # outputs can be GBs (paste_masks to 4000x8000)
+        if floor_bytes is not None:
+            floor_ms = floor_bytes / bandwidth[threads]["bytes_per_s"] * 1e3
+            for row in t_rows:
+                row["floor_bytes"] = floor_bytes
+                row["floor_ms"] = floor_ms
+                if row["median_ms"] is not None:
+                    row["x_floor"] = row["median_ms"] / floor_ms
+        rows.extend(t_rows)
+        gc.collect()
+        if ctx.device.type == "cuda":
+            torch.cuda.empty_cache()
+        progress()
     return rows, notes
+
+
+# --------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------
+
+
+def _available_impls(args, tv) -> List[str]:
+    available = ["segops", "segops-padded", "reference", "yolact"]
+    if tv:
+        available += ["torchvision", "detectron2"]  # detectron2 rows appear where it imports
+    if args.deterministic:
+        available.append("segops-deterministic")
+    return available
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
@@ -448,9 +390,7 @@ def main(argv=None) -> int:
 
     segops = _import_segops()
     tv = _import_torchvision()
-    available = ["segops", "segops-padded", "reference"] + (["torchvision"] if tv else [])
-    if args.deterministic:
-        available.append("segops-deterministic")
+    available = _available_impls(args, tv)
     if args.impls:
         wanted = [s.strip() for s in args.impls.split(",") if s.strip()]
         unknown = [w for w in wanted if w not in IMPL_ORDER]
@@ -476,38 +416,66 @@ def main(argv=None) -> int:
         print(f"error: no case matches --filter {args.filter!r}; try --list", file=sys.stderr)
         return 2
 
-    header = make_header(args, device, tv)
-    print(f"segops benchmarks: {header['device_name']} ({device}), torch {torch.__version__}, "
-          f"{header['dtype']}, {header['threads']} threads, "
+    header = make_header(args, device, tv, args.argv)
+    print(f"segops benchmarks: {header['device_name']} ({device}), torch {torch.__version__}"
+          + (f", torchvision {header['torchvision_version']}" if tv else "")
+          + f", {header['dtype']}, threads {','.join(map(str, args.threads))}, "
           f"impls {', '.join(sorted(impls, key=_impl_rank))}, {len(cases)} cases",
           file=sys.stderr, flush=True)
 
     warm_up_torch()
+    buffer = (64 << 20) if args.quick else (256 << 20)
+    bandwidth = {}
+    for t in args.threads:
+        with num_threads(t):
+            bandwidth[t] = copy_bandwidth(device, buffer)
+    header["bandwidth"] = {str(t): b for t, b in bandwidth.items()}
+    header["bandwidth_buffer_mb"] = buffer >> 20
+    print("copy bandwidth: " + ", ".join(f"{t} thr {b['bytes_per_s'] / 1e9:.1f} GB/s"
+                                         for t, b in bandwidth.items()),
+          file=sys.stderr, flush=True)
+
+    bar = tqdm(total=len(cases) * len(args.threads), unit="step", file=sys.stderr,
+               dynamic_ncols=True, disable=not sys.stderr.isatty(),
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}] {postfix}")
+    verbose = args.verbose or bar.disable
+
+    def log(line: str) -> None:
+        if verbose:
+            if bar.disable:
+                print(line, file=sys.stderr, flush=True)
+            else:
+                bar.write(line, file=sys.stderr)
+
     t_start = time.perf_counter()
     rows: List[Dict[str, Any]] = []
     notes: List[str] = []
-    for case in cases:
-        r, n = run_case(case, ctx, args)
-        rows.extend(r)
-        notes.extend(n)
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    with bar:
+        for case in cases:
+            bar.set_postfix_str(case.key[:60], refresh=True)
+            r, n = run_case(case, ctx, args, bandwidth, log, progress=lambda: bar.update(1))
+            rows.extend(r)
+            notes.extend(n)
     header["elapsed_s"] = round(time.perf_counter() - t_start, 2)
 
     print(format_text_table(rows))
     for n in notes:
         print(f"note: {n}")
     print(f"({len(rows)} rows in {header['elapsed_s']:.1f} s; ratio = impl / segops, "
-          f"> 1 means segops is faster)")
+          f"> 1 means segops is faster; time / floor: the median over the memory floor)")
 
+    if args.plot:
+        plot_speedups(rows, args.plot, f"segops speedups, {header['device_name']} "
+                                       f"({header['date'][:10]})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"header": header, "rows": rows, "notes": notes}, f, indent=2)
             f.write("\n")
     if args.markdown:
+        kept = kept_notes_of(args.markdown)
         with open(args.markdown, "w") as f:
-            f.write(format_markdown(rows, header, notes))
+            f.write(format_markdown(rows, header, notes, plot_path=args.plot,
+                                    markdown_path=args.markdown, kept_notes=kept))
 
     failed = [r for r in rows if r.get("error") and r["impl"] in OWN_IMPLS]
     return 1 if failed else 0

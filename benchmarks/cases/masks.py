@@ -22,7 +22,13 @@ Inputs (seeded, built on the CPU): boxes spread over the image with sides log-un
 ``tanh(N(0, 0.5))``; prototypes ``relu(N(0, 1))``; paste masks ``sigmoid`` of a soft
 ellipse filling most of the box plus noise (values spread over (0, 1), about half >= 0.5).
 
-Implementations: ``segops``; ``reference`` (``segops.reference``); in torchvision-mode paste
+Implementations: ``segops``; ``reference`` (``segops.reference``, pure PyTorch); in every
+``assemble_masks`` case the peer ``yolact``: YOLACT's own chain as YOLACT writes it
+(``layers/output_utils.postprocess`` and ``layers/box_utils.crop``: ``protos @ coeffs.t()``,
+``sigmoid``, a crop that multiplies by a float 0/1 mask built from ``arange`` comparisons,
+``permute``, ``F.interpolate(bilinear)``, ``gt_(0.5)`` in place, leaving float 0/1 masks;
+the training cases return its ``[H, W, N]`` masks as an ``[N, H, W]`` view, so that
+gradients compare); in torchvision-mode paste
 cases the peer ``torchvision`` (``torchvision.models.detection.roi_heads.
 paste_masks_in_image`` on masks ``[N, 1, M, M]``, then ``>= 0.5``, inside the timing), and
 in detectron2-mode cases ``detectron2`` (``detectron2.layers.mask_ops.paste_masks_in_image``)
@@ -37,6 +43,12 @@ under that, its boolean results copied into one output (the copy is timed); one 
 single detection would need more is left out of the case, as an unavailable
 implementation is (a line on stderr says so). ``benchmarks/masks_memory.py`` reports
 each implementation's peak memory against the size of its output.
+
+Memory floors (``s``: the dtype's size, ``sb`` the boxes'): the inputs read once,
+prototypes ``H W k s``, coefficients ``N k s``, boxes ``4 N sb``, paste masks ``N 28 28 s``;
+the outputs written once: bool masks ``N h w`` (inference, paste), float masks ``N H W s``
+(training forward); a backward reads the output gradient ``N H W s`` and the inputs and
+writes the prototypes' and coefficients' gradients.
 
 Cross-checks: the float outputs and gradients are compared with segops' as everywhere. The
 boolean masks are not expected to be equal bit for bit (the reference's ``F.interpolate``
@@ -53,9 +65,10 @@ import sys
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from .inputs import random_boxes
-from .registry import Ctx, Fn, op_impls, register
+from .registry import Ctx, Fn, nbytes, op_impls, register
 
 THRESHOLD = 0.5
 PADDING = 1  # YOLACT's crop padding (the op's default)
@@ -79,6 +92,7 @@ CHUNK_BYTES = 2 << 30
 # the comparison; the reference assembly's upsampled float masks and the comparison.
 _WORK_BYTES_PER_PIXEL = {
     ("assemble_masks", "reference"): 6,
+    ("assemble_masks", "yolact"): 6,
     ("paste_masks", "reference", "detectron2"): 18,
     ("paste_masks", "reference", "torchvision"): 6,
     ("paste_masks", "torchvision"): 6,
@@ -200,6 +214,72 @@ def _gib(nbytes: float) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def yolact_crop(masks: torch.Tensor, boxes: torch.Tensor, padding: int = PADDING):
+    """YOLACT's crop of ``masks [H, W, N]`` to relative ``boxes [N, 4]``: bounds scaled to
+    pixels, ordered, grown by ``padding`` and clamped to the image; then the masks times a
+    float 0/1 mask of the pixels inside."""
+    h, w, n = masks.shape
+
+    def bounds(lo, hi, size):
+        lo, hi = lo * size, hi * size
+        lo, hi = torch.min(lo, hi), torch.max(lo, hi)
+        return torch.clamp(lo - padding, min=0), torch.clamp(hi + padding, max=size)
+
+    x1, x2 = bounds(boxes[:, 0], boxes[:, 2], w)
+    y1, y2 = bounds(boxes[:, 1], boxes[:, 3], h)
+    cols = torch.arange(w, device=masks.device, dtype=x1.dtype).view(1, -1, 1).expand(h, w, n)
+    rows = torch.arange(h, device=masks.device, dtype=x1.dtype).view(-1, 1, 1).expand(h, w, n)
+    inside = ((cols >= x1.view(1, 1, -1)) * (cols < x2.view(1, 1, -1))
+              * (rows >= y1.view(1, 1, -1)) * (rows < y2.view(1, 1, -1)))
+    return masks * inside.float()
+
+
+def yolact_assemble(protos, coeffs, boxes, padding: int = PADDING, image_size=None,
+                    threshold: float = THRESHOLD):
+    """YOLACT's mask chain: ``[N, h, w]`` float 0/1 masks (``image_size``), else the cropped
+    ``[H, W, N]`` sigmoid masks as an ``[N, H, W]`` view."""
+    masks = yolact_crop(torch.sigmoid(protos @ coeffs.t()), boxes, padding)
+    if image_size is None:
+        return masks.permute(2, 0, 1)
+    masks = masks.permute(2, 0, 1).contiguous()
+    masks = F.interpolate(masks.unsqueeze(0), image_size, mode="bilinear",
+                          align_corners=False).squeeze(0)
+    return masks.gt_(threshold)
+
+
+def _assemble_impls(ctx: Ctx) -> Dict[str, Callable]:
+    fns = op_impls(ctx, "assemble_masks", torchvision=False)
+    if ctx.wants("yolact"):
+        fns["yolact"] = yolact_assemble
+    return fns
+
+
+def _assemble_floor(num, image: Optional[int], backward: bool = False):
+    """The memory floor of an assemble_masks case: ``num`` (full, quick) detections,
+    ``image`` an index into ``ASSEMBLE_IMAGES`` or None (training)."""
+
+    def floor(ctx: Ctx, out) -> int:
+        (h, w, k), n = _pick(ctx, PROTOS), _pick(ctx, num)
+        inputs = (((h, w, k), ctx.dtype), ((n, k), ctx.dtype), ((n, 4), _box_dtype(ctx)))
+        if image is not None:
+            return nbytes(inputs, ((n,) + tuple(_pick(ctx, ASSEMBLE_IMAGES[image])), torch.bool))
+        masks = ((n, h, w), ctx.dtype)
+        if not backward:
+            return nbytes(inputs, masks)
+        return nbytes(inputs, masks, ((h, w, k), ctx.dtype), ((n, k), ctx.dtype))
+
+    return floor
+
+
+def _paste_floor(k: int):
+    def floor(ctx: Ctx, out) -> int:
+        n, (h, w) = _pick(ctx, DETECTIONS), _pick(ctx, PASTE_IMAGES[k])
+        return nbytes(((n,) + PASTE_MASK, ctx.dtype), ((n, 4), _box_dtype(ctx)),
+                      ((n, h, w), torch.bool))
+
+    return floor
+
+
 def _protos_name(ctx: Ctx) -> str:
     return "x".join(map(str, _pick(ctx, PROTOS)))
 
@@ -225,7 +305,7 @@ def _upsample_setup(k: int):
         protos, coeffs, boxes = _assemble_inputs(ctx, n)
         agree = _Agreement()
         impls: Dict[str, Any] = {}
-        for name, fn in op_impls(ctx, "assemble_masks", torchvision=False).items():
+        for name, fn in _assemble_impls(ctx).items():
 
             def part(i, j, fn=fn):
                 return fn(protos, coeffs[i:j], boxes[i:j], PADDING, image_size=hw,
@@ -290,7 +370,7 @@ def _training_setup(pass_: str):
         n = _pick(ctx, POSITIVES)
         protos, coeffs, boxes = _assemble_inputs(ctx, n)
         impls: Dict[str, Any] = {}
-        for name, fn in op_impls(ctx, "assemble_masks", torchvision=False).items():
+        for name, fn in _assemble_impls(ctx).items():
             if pass_ == "fwd":
                 impls[name] = lambda fn=fn: fn(protos, coeffs, boxes, PADDING)
                 continue
@@ -386,12 +466,16 @@ def _paste_setup(k: int, mode: str):
 def register_cases() -> None:
     # params: the options, not the sizes (those differ with --quick; the name has them)
     for k in range(len(ASSEMBLE_IMAGES)):
-        register("assemble_masks", _upsample_name(k), _upsample_setup(k), padding=PADDING,
+        register("assemble_masks", _upsample_name(k), _upsample_setup(k),
+                 floor=_assemble_floor(DETECTIONS, k), slow_reference=k > 0, padding=PADDING,
                  threshold=THRESHOLD)
     for pass_ in ("fwd", "bwd-only", "fwd+bwd"):
         register("assemble_masks", _training_name(pass_), _training_setup(pass_),
-                 backward=pass_ != "fwd", padding=PADDING)
+                 backward=pass_ != "fwd",
+                 floor=_assemble_floor(POSITIVES, None, backward=pass_ != "fwd"),
+                 padding=PADDING)
     for k in range(len(PASTE_IMAGES)):
         for mode in PASTE_MODES:
             register("paste_masks", _paste_name(k, mode), _paste_setup(k, mode),
-                     threshold=THRESHOLD, mode=mode)
+                     floor=_paste_floor(k), slow_reference=k > 0, threshold=THRESHOLD,
+                     mode=mode)

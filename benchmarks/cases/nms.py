@@ -21,6 +21,12 @@ nms / batched_nms: a capacity that never truncates; ``padded=True`` for fast_nms
 CUDA makes no host synchronisation; ``torchvision`` (nms, batched_nms) where importable;
 ``reference``. Index outputs must equal segops' exactly (``exact=True``; padded outputs
 are cut to their count first); scores are distinct, so tie-breaking cannot differ.
+
+Memory floors (``s``: the dtype's size): the inputs read once, boxes ``4 N s``, scores
+``N s`` (fast_nms: ``C A s``), batched_nms' labels and matrix_nms' ``int64`` labels ``8 N``,
+matrix_nms' bool masks ``N H W``; the outputs (segops' result, of data-dependent size)
+written once. These ops compute far more than they move (O(N^2) IoUs): their floors are
+far below their times.
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ from __future__ import annotations
 import math
 from typing import Any, Dict
 
+import torch
 from .inputs import MASK_RCNN_IMAGE, detector_boxes, instance_masks, yolact_detections
-from .registry import Ctx, Fn, op_impls, register
+from .registry import Ctx, Fn, nbytes, op_impls, register
 
 IOU_THRESHOLD = 0.5  # torchvision's detection models (RPN proposals use 0.7)
 
@@ -167,15 +174,48 @@ def _matrix_nms_setup(ctx: Ctx) -> Dict[str, Any]:
     }
 
 
+def _floor(*inputs):
+    """A floor of the given input terms (``nbytes`` items, functions of ctx) plus the
+    output."""
+
+    def floor(ctx: Ctx, out) -> int:
+        return nbytes(*(term(ctx) for term in inputs), out)
+
+    return floor
+
+
+def _boxes_scores(sizes):
+    return lambda ctx: (((_pick(ctx, sizes), 5), ctx.dtype),)  # 4 coordinates + a score
+
+
+def _fast_nms_inputs(k: int):
+    def term(ctx: Ctx):
+        image, classes, _ = _fast_nms_sizes(ctx, k)
+        a = _num_anchors(image)
+        return (((a, 4), ctx.dtype), ((classes, a), ctx.dtype))
+
+    return term
+
+
+def _matrix_nms_inputs(ctx: Ctx):
+    n, (h, w), _ = _pick(ctx, MATRIX_NMS)
+    return (((n, h, w), torch.bool), ((n,), torch.int64), ((n,), ctx.dtype))
+
+
 def register_cases() -> None:
     # params: the options, not the sizes (those differ with --quick; the name has them)
     for k, sizes in enumerate(NMS_SIZES):
         register("nms", lambda ctx, s=sizes: f"N{_pick(ctx, s)} iou{IOU_THRESHOLD}",
-                 _nms_setup(k), exact=True, iou_threshold=IOU_THRESHOLD)
+                 _nms_setup(k), exact=True, floor=_floor(_boxes_scores(sizes)),
+                 slow_reference=k == 2, iou_threshold=IOU_THRESHOLD)
     register("batched_nms",
              lambda ctx: "N{} C{} iou{}".format(*_pick(ctx, BATCHED_SIZE), IOU_THRESHOLD),
-             _batched_nms_setup, exact=True, iou_threshold=IOU_THRESHOLD)
+             _batched_nms_setup, exact=True,
+             floor=_floor(lambda ctx: (((_pick(ctx, BATCHED_SIZE)[0], 5), ctx.dtype),),
+                          lambda ctx: (((_pick(ctx, BATCHED_SIZE)[0],), torch.int64),)),
+             iou_threshold=IOU_THRESHOLD)
     for k in range(len(FAST_NMS_ABOVE)):
         register("fast_nms", _fast_nms_name(k), _fast_nms_setup(k), exact=True,
-                 iou_threshold=IOU_THRESHOLD, **FAST_NMS)
-    register("matrix_nms", _matrix_nms_name, _matrix_nms_setup, **MATRIX_NMS_KERNEL)
+                 floor=_floor(_fast_nms_inputs(k)), iou_threshold=IOU_THRESHOLD, **FAST_NMS)
+    register("matrix_nms", _matrix_nms_name, _matrix_nms_setup,
+             floor=_floor(_matrix_nms_inputs), **MATRIX_NMS_KERNEL)

@@ -28,6 +28,14 @@ full-image 3x3 conv, a greedy NMS and a full-image accumulate-and-divide). Every
 equal segops' exactly (``exact=True``): extraction returns indices and scores that are
 exact float32 quotients; reassembly at box size involves no resampling, and both sum the
 patches in index order in float32 (float64 for float64 probabilities).
+
+Memory floors (``s``: the dtype's size; ``P`` patches of ``p x p``): extraction reads the
+bool masks ``N H W`` once and writes its (small) outputs; cropping reads the patches'
+pixels (``P p^2 (3 s + 1)``: image channels and mask) and writes its outputs; reassembly
+reads the masks ``N H W`` (the refined masks are the old ones outside the patches) and the
+probabilities ``P p^2 s``, and writes the bool masks ``N H W``. The reference (the released
+code's approach: full-image passes per instance) takes seconds a call, so only
+``--reference all`` times it.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from typing import Any, Callable, Dict, Sequence
 
 import torch
 
-from .registry import Ctx, Fn, op_impls, register
+from .registry import Ctx, Fn, nbytes, op_impls, register
 
 PATCH_SIZE = 64
 THRESHOLDS = (0.25, 0.55)
@@ -216,11 +224,19 @@ def _extract_setup(threshold: float):
     return setup
 
 
-def _reassemble_setup(threshold: float):
+def _reassemble_case(threshold: float):
+    """``(setup, floor)`` of a reassembly case: the floor reads the probabilities' size
+    from the setup that made them (the output does not tell the patch count)."""
+    probs_bytes: Dict[bool, int] = {}  # ctx.quick -> bytes of the latest setup's probs
+
+    def floor(ctx: Ctx, out) -> int:
+        return nbytes(_masks_bytes(ctx), out) + probs_bytes.get(ctx.quick, 0)
+
     def setup(ctx: Ctx) -> Dict[str, Any]:
         masks = scene(ctx)
         boxes, index, _ = ctx.segops.boundary_patches(masks, PATCH_SIZE, threshold)
         probs = patch_probabilities(masks, boxes, index).to(ctx.device, ctx.dtype)
+        probs_bytes[ctx.quick] = nbytes(probs)
         print(f"  reassemble_patches {_name('reassemble_patches', threshold)(ctx)}: "
               f"{boxes.size(0)} patches", file=sys.stderr, flush=True)
         masks, boxes, index = masks.to(ctx.device), boxes.to(ctx.device), index.to(ctx.device)
@@ -229,7 +245,7 @@ def _reassemble_setup(threshold: float):
             for name, fn in op_impls(ctx, "reassemble_patches", torchvision=False).items()
         }
 
-    return setup
+    return setup, floor
 
 
 CROP_SIZE = (256, 64)
@@ -261,15 +277,32 @@ def _crop_name(threshold: float) -> Callable[[Ctx], str]:
     return name
 
 
+def _masks_bytes(ctx: Ctx) -> tuple:
+    return (_pick(ctx, INSTANCES),) + tuple(_pick(ctx, IMAGE)), torch.bool
+
+
+def _extract_floor(ctx: Ctx, out) -> int:
+    return nbytes(_masks_bytes(ctx), out)
+
+
+def _crop_floor(ctx: Ctx, out) -> int:
+    patches = out[0].size(0)
+    return nbytes(((patches, PATCH_SIZE, PATCH_SIZE, 3), ctx.dtype),
+                  ((patches, PATCH_SIZE, PATCH_SIZE), torch.bool), out)
+
+
 def register_cases() -> None:
     for threshold in THRESHOLDS:
         register("boundary_patches", _name("boundary_patches", threshold),
-                 _extract_setup(threshold), exact=True, patch_size=PATCH_SIZE,
-                 iou_threshold=threshold)
+                 _extract_setup(threshold), exact=True, floor=_extract_floor,
+                 slow_reference=True, patch_size=PATCH_SIZE, iou_threshold=threshold)
     for threshold in THRESHOLDS:
         register("crop_patches", _crop_name(threshold), _crop_setup(threshold), exact=True,
-                 patch_size=PATCH_SIZE, iou_threshold=threshold)
+                 floor=_crop_floor, slow_reference=True, patch_size=PATCH_SIZE,
+                 iou_threshold=threshold)
     for threshold in THRESHOLDS:
-        register("reassemble_patches", _name("reassemble_patches", threshold),
-                 _reassemble_setup(threshold), exact=True, patch_size=PATCH_SIZE,
-                 iou_threshold=threshold, threshold=0.5)
+        setup, floor = _reassemble_case(threshold)
+        register("reassemble_patches", _name("reassemble_patches", threshold), setup,
+                 exact=True, floor=floor,
+                 slow_reference=True, patch_size=PATCH_SIZE, iou_threshold=threshold,
+                 threshold=0.5)

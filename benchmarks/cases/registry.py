@@ -55,7 +55,12 @@ class Case:
     """One row group of the table. ``name`` may be a function of the Ctx (sizes differ with
     --quick); ``resolve_names`` turns it into a string before anything else looks at it.
     ``exact``: every implementation's output must equal segops' exactly (index outputs),
-    not just within the dtype's tolerance."""
+    not just within the dtype's tolerance. ``floor``: the case's memory floor, the bytes
+    the op must move at least (its inputs read once, its outputs written once; each family
+    documents its formula): ``floor(ctx, out)`` with ``out`` segops' output of the timed
+    call (the gradients for a backward case), None when not defined.
+    ``slow_reference``: the pure-PyTorch reference takes seconds a call at full size; the
+    default run leaves it out (``run.py --reference all`` or ``--all`` times it)."""
 
     op: str
     name: Union[str, Callable[[Ctx], str]]
@@ -63,6 +68,8 @@ class Case:
     backward: bool = False  # times a backward pass (see --reference)
     exact: bool = False
     params: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    floor: Optional[Callable[["Ctx", Any], int]] = None
+    slow_reference: bool = False
 
     @property
     def key(self) -> str:
@@ -73,9 +80,11 @@ CASES: List[Case] = []
 
 
 def register(op: str, name, setup: Callable[[Ctx], Dict[str, Any]], backward: bool = False,
-             exact: bool = False, **params) -> None:
+             exact: bool = False, floor: Optional[Callable[[Ctx, Any], int]] = None,
+             slow_reference: bool = False, **params) -> None:
+    """Add a case (see :class:`Case`); ``params`` are the op's options, for the JSON."""
     CASES.append(Case(op=op, name=name, setup=setup, backward=backward, exact=exact,
-                      params=params))
+                      params=params, floor=floor, slow_reference=slow_reference))
 
 
 def resolve_names(cases: List[Case], ctx: Ctx) -> List[Case]:
@@ -93,6 +102,26 @@ def op_impls(ctx: Ctx, op: str, torchvision: bool = True) -> Dict[str, Callable]
     if ctx.wants("reference"):
         fns["reference"] = getattr(ctx.segops.reference, op)
     return fns
+
+
+def nbytes(*items) -> int:
+    """Bytes of tensors and of ``(shape, dtype)`` pairs, nested in lists, tuples and dicts
+    at will: the terms of a memory floor."""
+    total = 0
+    for x in items:
+        if isinstance(x, torch.Tensor):
+            total += x.numel() * x.element_size()
+        elif isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], torch.dtype):
+            total += math.prod(x[0]) * _itemsize(x[1])
+        elif isinstance(x, (list, tuple)):
+            total += nbytes(*x)
+        elif isinstance(x, dict):
+            total += nbytes(*x.values())
+    return total
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 # --------------------------------------------------------------------------------------

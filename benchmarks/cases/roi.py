@@ -6,7 +6,16 @@ on P2..P5) over P2..P5 (200x304 .. 25x38), 256 channels, in mode assign (Mask R-
 and mask heads) and, at output 7, mode all (PANet). With --quick: 32 RoIs on a quarter-size
 image, 16 channels (multilevel: canonical_scale 56 keeps the spread over the levels).
 Implementations: segops, torchvision (roi_align, roi_pool; ``MultiScaleRoIAlign`` for
-multilevel mode assign with aligned=False, the only form it has), reference.
+multilevel mode assign with aligned=False, the only form it has), reference (pure PyTorch,
+a Python loop over RoIs: seconds a call at full size, so only ``--reference all`` times it).
+
+Memory floors (``s``: the dtype's size; the RoIs ``[K, 5]`` in the dtype count too):
+
+- forward: the feature map(s) read once (``N C H W s``, every level for multilevel; 1000
+  RoIs cover nearly all of it), the output written once (``K C oh ow s``; mode all:
+  ``L K C oh ow s``); roi_pool also writes its int64 argmax (``8 K C oh ow``).
+- ``bwd-only``: the output gradient read once (``K C oh ow s``; roi_pool also reads the
+  argmax), the input gradient written once (``N C H W s``, every level).
 """
 
 from __future__ import annotations
@@ -15,9 +24,10 @@ import functools
 import math
 from typing import Any, Callable, Dict
 
+import torch
 
 from .inputs import backward_only, random_boxes, random_features
-from .registry import Ctx, Fn, op_impls, register
+from .registry import Ctx, Fn, nbytes, op_impls, register
 
 # FPN levels of an 800x1216 Mask R-CNN input: name -> stride.
 _FPN_LEVELS = {"P2": 4, "P4": 16}
@@ -60,6 +70,20 @@ def _roi_case_name(level: str, out: int, extra: str, pass_: str) -> Callable[[Ct
     return name
 
 
+def _roi_floor(op: str, level: str, out: int, backward: bool):
+    """The memory floor of a roi_align / roi_pool case (see the module docstring)."""
+
+    def floor(ctx: Ctx, result) -> int:
+        sz = _roi_sizes(ctx, level)
+        features = (sz["shape"], ctx.dtype)
+        rois = ((sz["num_rois"], 5), ctx.dtype)
+        pooled = (sz["num_rois"], sz["shape"][1], out, out)
+        argmax = (pooled, torch.int64) if op == "roi_pool" else ((0,), torch.int64)
+        return nbytes(features, rois, (pooled, ctx.dtype), argmax)  # the same both ways
+
+    return floor
+
+
 def _make_roi_setup(op: str, level: str, out: int, kwargs: Dict[str, Any], backward: bool):
     def setup(ctx: Ctx) -> Dict[str, Any]:
         sz = _roi_sizes(ctx, level)
@@ -89,19 +113,24 @@ def register_cases() -> None:
                 kwargs = dict(sampling_ratio=sr, aligned=aligned)
                 extra = f" sr{sr}" + (" aligned" if aligned else "")
                 for pass_ in ("fwd", "bwd-only"):
+                    bwd = pass_ != "fwd"
                     register(
                         "roi_align",
                         _roi_case_name(level, out, extra, pass_),
-                        _make_roi_setup("roi_align", level, out, kwargs, pass_ != "fwd"),
-                        backward=pass_ != "fwd", level=level, output_size=out, **kwargs,
+                        _make_roi_setup("roi_align", level, out, kwargs, bwd),
+                        backward=bwd, floor=_roi_floor("roi_align", level, out, bwd),
+                        slow_reference=True, level=level, output_size=out, **kwargs,
                     )
     for level in ("P2", "P4"):
-        register(
-            "roi_pool",
-            _roi_case_name(level, 7, "", "fwd"),
-            _make_roi_setup("roi_pool", level, 7, {}, False),
-            level=level, output_size=7,
-        )
+        for pass_ in ("fwd", "bwd-only"):
+            bwd = pass_ != "fwd"
+            register(
+                "roi_pool",
+                _roi_case_name(level, 7, "", pass_),
+                _make_roi_setup("roi_pool", level, 7, {}, bwd),
+                backward=bwd, floor=_roi_floor("roi_pool", level, 7, bwd),
+                slow_reference=True, level=level, output_size=7,
+            )
     register_multilevel_cases()
 
 
@@ -149,6 +178,19 @@ def _torchvision_multiscale(ctx: Ctx, out: int, sampling_ratio: int, canonical: 
     return fn
 
 
+def _ml_floor(out: int, mode: str):
+    """The memory floor of a multilevel_roi_align case (see the module docstring)."""
+
+    def floor(ctx: Ctx, result) -> int:
+        sz = _ml_sizes(ctx)
+        k, c = sz["num_rois"], sz["shapes"][0][1]
+        pooled = (k, c, out, out) if mode == "assign" else (len(sz["shapes"]), k, c, out, out)
+        levels = [(shape, ctx.dtype) for shape in sz["shapes"]]
+        return nbytes(*levels, ((k, 5), ctx.dtype), (pooled, ctx.dtype))
+
+    return floor
+
+
 def _make_ml_setup(out: int, kwargs: Dict[str, Any], mode: str, backward: bool):
     def setup(ctx: Ctx) -> Dict[str, Any]:
         sz = _ml_sizes(ctx)
@@ -190,5 +232,6 @@ def register_multilevel_cases() -> None:
                 "multilevel_roi_align",
                 _ml_case_name(out, extra, pass_),
                 _make_ml_setup(out, kwargs, mode, pass_ != "fwd"),
-                backward=pass_ != "fwd", output_size=out, mode=mode, **kwargs,
+                backward=pass_ != "fwd", floor=_ml_floor(out, mode), slow_reference=True,
+                output_size=out, mode=mode, **kwargs,
             )

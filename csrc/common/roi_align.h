@@ -251,18 +251,39 @@ struct OnTheFly {
   SEGOPS_HOST_DEVICE Interp1D<G> operator()(int64_t s) const { return axis.interp(axis.pos(s)); }
 };
 
-// Forward: the value of output bin (ph, pw) of one RoI over one input plane [H, W].
+// A sample's four neighbours (offsets into a plane of width W) and their weights w_y * w_x,
+// which depend on the RoI only: a caller may compute them once and reuse them per channel.
+template <typename G>
+struct BilinearSample {
+  int64_t offset[4];
+  G weight[4];
+};
+
+template <typename G>
+SEGOPS_HOST_DEVICE BilinearSample<G> bilinear_sample(const Interp1D<G>& a, const Interp1D<G>& c,
+                                                     int64_t W) {
+  return {{a.lo * W + c.lo, a.lo * W + c.hi, a.hi * W + c.lo, a.hi * W + c.hi},
+          {a.wlo * c.wlo, a.wlo * c.whi, a.whi * c.wlo, a.whi * c.whi}};
+}
+
+// A sample's value: its neighbours weighted and summed in torchvision's order.
+template <typename A, typename T, typename G>
+SEGOPS_HOST_DEVICE A bilinear_value(const T* plane, const BilinearSample<G>& s) {
+  return s.weight[0] * static_cast<A>(plane[s.offset[0]]) +
+         s.weight[1] * static_cast<A>(plane[s.offset[1]]) +
+         s.weight[2] * static_cast<A>(plane[s.offset[2]]) +
+         s.weight[3] * static_cast<A>(plane[s.offset[3]]);
+}
+
+// Forward: the value of output bin (ph, pw) of one RoI over one input plane [H, W]: the
+// bin's samples' values summed in order from 0, over the sample count.
 template <typename T, typename G, typename A, typename YI, typename XI>
 SEGOPS_HOST_DEVICE A roi_align_bin(const T* plane, const RoIAlignGeometry<G>& g, int64_t ph,
                                    int64_t pw, YI&& yi, XI&& xi) {
   A acc = A(0);
   const int64_t W = g.x.size;
   roi_align_bin_samples(g, ph, pw, yi, xi, [&](const Interp1D<G>& a, const Interp1D<G>& c) {
-    const G w1 = a.wlo * c.wlo, w2 = a.wlo * c.whi, w3 = a.whi * c.wlo, w4 = a.whi * c.whi;
-    acc += w1 * static_cast<A>(plane[a.lo * W + c.lo]) +
-           w2 * static_cast<A>(plane[a.lo * W + c.hi]) +
-           w3 * static_cast<A>(plane[a.hi * W + c.lo]) +
-           w4 * static_cast<A>(plane[a.hi * W + c.hi]);
+    acc += bilinear_value<A>(plane, bilinear_sample(a, c, W));
   });
   return acc / static_cast<A>(g.count);
 }

@@ -83,8 +83,37 @@ SEGOPS_HOST_DEVICE RoIPoolGeometry<G> roi_pool_geometry(const R* roi, G spatial_
   return g;
 }
 
-// Forward: max over bin (ph, pw) of one plane; `argmax` gets h * W + w, or -1 when nothing
-// is pooled (an empty bin gives 0; a non-empty bin starts from -FLT_MAX, as torchvision).
+// The max over rows [h0, h1) and columns [w0, w1) of one plane, scanned in raster order:
+// the first pixel strictly above everything before it wins (NaN never does); `argmax` gets
+// its index h * width + w, or -1 when no pixel exceeds -FLT_MAX (an empty window gives 0
+// and -1; a non-empty one starts from -FLT_MAX, as torchvision).
+template <typename T, typename A = acc_t<T>>
+SEGOPS_HOST_DEVICE A roi_pool_window_max(const T* plane, int64_t width, int64_t h0, int64_t h1,
+                                         int64_t w0, int64_t w1, int64_t& argmax) {
+  int64_t arg = -1;
+  if (h1 <= h0 || w1 <= w0) {
+    argmax = arg;
+    return A(0);
+  }
+  A best = static_cast<A>(-FLT_MAX);
+  for (int64_t h = h0; h < h1; ++h) {
+    const T* row = plane + h * width;
+    for (int64_t w = w0; w < w1; ++w) {
+      // No branch on the data (a mispredicted one per pixel costs more than the compare):
+      // the index is selected by a mask, and `above ? v : best` compiles to a max
+      // instruction that keeps `best` for NaN and for ties, as the comparison does.
+      const A v = static_cast<A>(row[w]);
+      const bool above = v > best;
+      const int64_t take = -static_cast<int64_t>(above);
+      arg = (arg & ~take) | ((h * width + w) & take);
+      best = above ? v : best;
+    }
+  }
+  argmax = arg;
+  return best;
+}
+
+// Forward: max over bin (ph, pw) of one plane (roi_pool_window_max over the bin's pixels).
 template <typename T, typename G, typename A = acc_t<T>>
 SEGOPS_HOST_DEVICE A roi_pool_bin(const T* plane, const RoIPoolGeometry<G>& g, int64_t ph,
                                   int64_t pw, int64_t& argmax) {
@@ -93,19 +122,7 @@ SEGOPS_HOST_DEVICE A roi_pool_bin(const T* plane, const RoIPoolGeometry<G>& g, i
   int64_t h0, h1, w0, w1;
   g.rows(ph, h0, h1);
   g.cols(pw, w0, w1);
-  if (h1 <= h0 || w1 <= w0) return A(0);
-  A best = static_cast<A>(-FLT_MAX);
-  for (int64_t h = h0; h < h1; ++h) {
-    for (int64_t w = w0; w < w1; ++w) {
-      const int64_t i = h * g.width + w;
-      const A v = static_cast<A>(plane[i]);
-      if (v > best) {
-        best = v;
-        argmax = i;
-      }
-    }
-  }
-  return best;
+  return roi_pool_window_max<T, A>(plane, g.width, h0, h1, w0, w1, argmax);
 }
 
 // Gather form of the backward for one RoI and channel: the gradient that reaches pixel

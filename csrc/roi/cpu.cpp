@@ -14,6 +14,10 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <vector>
+
+#include "core/huge_pages.h"
 #include "roi/checks.h"
 #include "common/roi_align.h"
 #include "common/roi_levels.h"
@@ -77,6 +81,48 @@ void gather_backward(A* out, int64_t K, int64_t C, int64_t H, int64_t W, Footpri
   });
 }
 
+// A RoI's bilinear samples with their offsets and weights (bilinear_sample), bin by bin in
+// roi_align_bin's order, computed once per RoI: the per-channel loops then only load,
+// multiply and add, the same operations in the same order as roi_align_bin.
+template <typename G>
+struct RoIAlignTable {
+  std::vector<BilinearSample<G>> samples;
+  std::vector<int64_t> start;  // [bins + 1]: bin j's samples are [start[j], start[j + 1])
+  static constexpr int64_t kMaxSamples = int64_t(1) << 16;  // beyond: computed on the fly
+
+  // False (and no table) when the RoI has more samples than kMaxSamples.
+  bool build(const RoIAlignSamples<G>& rs, int64_t pooled_h, int64_t pooled_w) {
+    samples.clear();
+    start.assign(1, 0);
+    const RoIAxis<G>&y = rs.g.y, &x = rs.g.x;
+    const int64_t ny = std::max<int64_t>(0, y.last - y.first);
+    const int64_t nx = std::max<int64_t>(0, x.last - x.first);
+    if (ny * nx > kMaxSamples) return false;
+    for (int64_t ph = 0; ph < pooled_h; ++ph)
+      for (int64_t pw = 0; pw < pooled_w; ++pw) {
+        roi_align_bin_samples(rs.g, ph, pw, rs.yi(), rs.xi(),
+                              [&](const Interp1D<G>& a, const Interp1D<G>& c) {
+                                samples.push_back(bilinear_sample(a, c, x.size));
+                              });
+        start.push_back(static_cast<int64_t>(samples.size()));
+      }
+    return true;
+  }
+
+  // Every bin of one plane into out[bins]: the bin's samples summed in order from 0, over
+  // `count` (roi_align_bin's operations).
+  template <typename T>
+  void pool(const T* plane, T* out, G count) const {
+    using A = acc_t<T>;
+    const BilinearSample<G>* smp = samples.data();
+    for (size_t j = 0; j + 1 < start.size(); ++j) {
+      A acc = A(0);
+      for (int64_t s = start[j]; s < start[j + 1]; ++s) acc += bilinear_value<A>(plane, smp[s]);
+      out[j] = static_cast<T>(acc / static_cast<A>(count));
+    }
+  }
+};
+
 at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
                                  double spatial_scale, int64_t pooled_h, int64_t pooled_w,
                                  int64_t sampling_ratio, bool aligned) {
@@ -84,32 +130,45 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t K = rois.size(0);
   check_batch_indices(rois, N, "roi_align");
-  at::Tensor out = at::zeros({K, C, pooled_h, pooled_w}, input.options());
-  if (out.numel() == 0 || H == 0 || W == 0) return out;
+  if (H == 0 || W == 0) return at::zeros({K, C, pooled_h, pooled_w}, input.options());
+  at::Tensor out = empty_output({K, C, pooled_h, pooled_w}, input.options());  // all written
+  if (out.numel() == 0) return out;
   const at::Tensor x = input.contiguous();
   const at::Tensor r = rois_for_geometry(rois, input.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "roi_align", [&] {
     using G = acc_t<scalar_t>;
+    using A = acc_t<scalar_t>;
     const scalar_t* in = x.const_data_ptr<scalar_t>();
     const G* boxes = r.const_data_ptr<G>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     const int64_t bins = pooled_h * pooled_w;
     at::parallel_for(0, K * C, std::max<int64_t>(1, 4096 / bins), [&](int64_t b, int64_t e) {
       int64_t k_geom = -1;
+      bool tabled = false;
       RoIAlignSamples<G> rs;
+      RoIAlignTable<G> table;
       for (int64_t i = b; i < e; ++i) {
         const int64_t k = i / C, c = i % C;
         if (k != k_geom) {
           rs.reset(roi_align_geometry<G>(boxes + k * 5, static_cast<G>(spatial_scale), pooled_h,
                                          pooled_w, sampling_ratio, aligned, N, H, W));
           k_geom = k;
+          tabled = !rs.g.empty && table.build(rs, pooled_h, pooled_w);
         }
-        if (rs.g.empty) continue;
+        scalar_t* oi = o + i * bins;
+        if (rs.g.empty) {
+          std::fill(oi, oi + bins, scalar_t(0));
+          continue;
+        }
         const scalar_t* plane = in + (rs.g.batch * C + c) * H * W;
+        if (tabled) {
+          table.pool(plane, oi, rs.g.count);
+          continue;
+        }
         for (int64_t ph = 0; ph < pooled_h; ++ph)
           for (int64_t pw = 0; pw < pooled_w; ++pw)
-            o[i * bins + ph * pooled_w + pw] = static_cast<scalar_t>(
-                roi_align_bin<scalar_t, G, acc_t<scalar_t>>(plane, rs.g, ph, pw, rs.yi(), rs.xi()));
+            oi[ph * pooled_w + pw] = static_cast<scalar_t>(
+                roi_align_bin<scalar_t, G, A>(plane, rs.g, ph, pw, rs.yi(), rs.xi()));
       }
     });
   });
@@ -205,16 +264,23 @@ at::Tensor multilevel_roi_align_forward_cpu(at::TensorList features, const at::T
     const int64_t grain = std::max<int64_t>(1, 4096 / bins);
     at::parallel_for(0, p.slots() * C, grain, [&](int64_t b, int64_t e) {
       int64_t s_geom = -1, level = 0;
+      bool tabled = false;
       RoIAlignSamples<G> rs;
+      RoIAlignTable<G> table;
       for (int64_t i = b; i < e; ++i) {
         const int64_t s = i / C, c = i % C;
         if (s != s_geom) {
           rs.reset(p.geometry<G>(boxes, s, level));
           s_geom = s;
+          tabled = !rs.g.empty && table.build(rs, pooled_h, pooled_w);
         }
         if (rs.g.empty) continue;
         const scalar_t* plane =
             in[level] + (rs.g.batch * C + c) * p.height[level] * p.width[level];
+        if (tabled) {
+          table.pool(plane, o + i * bins, static_cast<G>(rs.g.count));
+          continue;
+        }
         for (int64_t ph = 0; ph < pooled_h; ++ph)
           for (int64_t pw = 0; pw < pooled_w; ++pw)
             o[i * bins + ph * pooled_w + pw] = static_cast<scalar_t>(
@@ -306,6 +372,34 @@ std::vector<at::Tensor> multilevel_roi_align_backward_cpu(
   return result();
 }
 
+// roi_pool's bins, computed once per RoI (roi_pool_geometry's rows and cols), so that the
+// per-channel loops only scan.
+struct RoIPoolBins {
+  std::vector<int64_t> batch;  // [K]; -1 for an empty RoI
+  std::vector<int64_t> rows;   // [K, pooled_h, 2]: [h0, h1) of each bin row
+  std::vector<int64_t> cols;   // [K, pooled_w, 2]: [w0, w1) of each bin column
+
+  template <typename G>
+  RoIPoolBins(const G* boxes, G spatial_scale, int64_t K, int64_t pooled_h, int64_t pooled_w,
+              int64_t batch_size, int64_t H, int64_t W)
+      : batch(K), rows(K * pooled_h * 2, 0), cols(K * pooled_w * 2, 0) {
+    for (int64_t k = 0; k < K; ++k) {
+      const RoIPoolGeometry<G> g =
+          roi_pool_geometry<G>(boxes + k * 5, spatial_scale, pooled_h, pooled_w, batch_size, H, W);
+      batch[k] = g.batch;
+      if (g.batch < 0) continue;
+      for (int64_t ph = 0; ph < pooled_h; ++ph)
+        g.rows(ph, rows[(k * pooled_h + ph) * 2], rows[(k * pooled_h + ph) * 2 + 1]);
+      for (int64_t pw = 0; pw < pooled_w; ++pw)
+        g.cols(pw, cols[(k * pooled_w + pw) * 2], cols[(k * pooled_w + pw) * 2 + 1]);
+    }
+  }
+};
+
+// RoIs per task of the forward: a task pools one channel of a block of RoIs, so that
+// consecutive tasks (one thread's share) scan the same plane, which stays in cache.
+constexpr int64_t kPoolRoIBlock = 16;
+
 std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
                                                         const at::Tensor& rois,
                                                         double spatial_scale, int64_t pooled_h,
@@ -314,34 +408,54 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t K = rois.size(0);
   check_batch_indices(rois, N, "roi_pool");
-  at::Tensor out = at::zeros({K, C, pooled_h, pooled_w}, input.options());
-  at::Tensor argmax = at::full({K, C, pooled_h, pooled_w}, -1, input.options().dtype(at::kLong));
+  // Every element is written below (empty bins and RoIs: 0 and -1).
+  at::Tensor out = empty_output({K, C, pooled_h, pooled_w}, input.options());
+  at::Tensor argmax = empty_output({K, C, pooled_h, pooled_w}, input.options().dtype(at::kLong));
   if (out.numel() == 0) return {out, argmax};
   const at::Tensor x = input.contiguous();
   const at::Tensor r = rois_for_geometry(rois, input.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "roi_pool", [&] {
     using G = acc_t<scalar_t>;
     const scalar_t* in = x.const_data_ptr<scalar_t>();
-    const G* boxes = r.const_data_ptr<G>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     int64_t* am = argmax.mutable_data_ptr<int64_t>();
     const int64_t bins = pooled_h * pooled_w;
-    at::parallel_for(0, K * C, std::max<int64_t>(1, 4096 / bins), [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const int64_t k = i / C, c = i % C;
-        const RoIPoolGeometry<G> g = roi_pool_geometry<G>(
-            boxes + k * 5, static_cast<G>(spatial_scale), pooled_h, pooled_w, N, H, W);
-        if (g.batch < 0) continue;
-        const scalar_t* plane = in + (g.batch * C + c) * H * W;
-        for (int64_t j = 0; j < bins; ++j)
-          o[i * bins + j] = static_cast<scalar_t>(
-              roi_pool_bin<scalar_t, G>(plane, g, j / pooled_w, j % pooled_w, am[i * bins + j]));
+    const RoIPoolBins geo(r.const_data_ptr<G>(), static_cast<G>(spatial_scale), K, pooled_h,
+                          pooled_w, N, H, W);
+    const int64_t blocks = (K + kPoolRoIBlock - 1) / kPoolRoIBlock;
+    at::parallel_for(0, C * blocks, 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t c = t / blocks, k0 = (t % blocks) * kPoolRoIBlock;
+        const int64_t k1 = std::min(K, k0 + kPoolRoIBlock);
+        for (int64_t k = k0; k < k1; ++k) {
+          scalar_t* ok = o + (k * C + c) * bins;
+          int64_t* ak = am + (k * C + c) * bins;
+          if (geo.batch[k] < 0) {
+            std::fill(ok, ok + bins, scalar_t(0));
+            std::fill(ak, ak + bins, int64_t(-1));
+            continue;
+          }
+          const scalar_t* plane = in + (geo.batch[k] * C + c) * H * W;
+          const int64_t* rows = &geo.rows[k * pooled_h * 2];
+          const int64_t* cols = &geo.cols[k * pooled_w * 2];
+          for (int64_t ph = 0; ph < pooled_h; ++ph)
+            for (int64_t pw = 0; pw < pooled_w; ++pw) {
+              const int64_t j = ph * pooled_w + pw;
+              ok[j] = static_cast<scalar_t>(roi_pool_window_max<scalar_t>(
+                  plane, W, rows[2 * ph], rows[2 * ph + 1], cols[2 * pw], cols[2 * pw + 1],
+                  ak[j]));
+            }
+        }
       }
     });
   });
   return {out, argmax};
 }
 
+// The default backward scatters each bin's gradient to its argmax. Channel tasks own their
+// planes: each zeroes its planes, then adds, while they are in cache, the RoIs in index
+// order and each RoI's bins in raster order, one at a time (the deterministic gather adds
+// each RoI's sum at a pixel instead).
 at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
                                  const at::Tensor& argmax, double spatial_scale, int64_t pooled_h,
                                  int64_t pooled_w, int64_t batch_size, int64_t channels,
@@ -351,13 +465,18 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
   check_argmax("_roi_pool_backward", grad, argmax);
   check_batch_indices(rois, batch_size, "_roi_pool_backward");
   const int64_t K = rois.size(0), C = channels, H = height, W = width;
-  at::Tensor acc = grad_accumulator(grad, batch_size, C, H, W);
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  const bool scatter = !deterministic && K > 0 && pooled_h * pooled_w > 0;
+  // The scatter zeroes its own planes; the gather (and the early returns) need zeros.
+  at::Tensor acc =
+      scatter ? empty_output({batch_size, C, H, W},
+                             grad.options().dtype(compute_dtype(grad.scalar_type())))
+              : grad_accumulator(grad, batch_size, C, H, W);
   if (K == 0 || acc.numel() == 0 || pooled_h * pooled_w == 0)
     return acc.to(grad.scalar_type());
   const at::Tensor gr = grad.contiguous();
   const at::Tensor am = argmax.contiguous();
   const at::Tensor r = rois_for_geometry(rois, grad.scalar_type());
-  const bool deterministic = at::globalContext().deterministicAlgorithms();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gr.scalar_type(), "roi_pool_bwd", [&] {
     using G = acc_t<scalar_t>;
     using A = acc_t<scalar_t>;
@@ -366,11 +485,11 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
     const G* boxes = r.const_data_ptr<G>();
     A* out = acc.mutable_data_ptr<A>();
     const int64_t bins = pooled_h * pooled_w;
-    std::vector<RoIPoolGeometry<G>> geoms(K);
-    for (int64_t k = 0; k < K; ++k)
-      geoms[k] = roi_pool_geometry<G>(boxes + k * 5, static_cast<G>(spatial_scale), pooled_h,
-                                      pooled_w, batch_size, H, W);
     if (deterministic) {
+      std::vector<RoIPoolGeometry<G>> geoms(K);
+      for (int64_t k = 0; k < K; ++k)
+        geoms[k] = roi_pool_geometry<G>(boxes + k * 5, static_cast<G>(spatial_scale), pooled_h,
+                                        pooled_w, batch_size, H, W);
       gather_backward(
           out, K, C, H, W,
           [&](int64_t k, int64_t& n, int64_t& y0, int64_t& y1, int64_t& x0, int64_t& x1) {
@@ -383,15 +502,32 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
           });
       return;
     }
-    for_channels(C, K * bins, [&](int64_t c0, int64_t c1) {
-      for (int64_t k = 0; k < K; ++k) {
-        if (geoms[k].batch < 0) continue;
-        for (int64_t c = c0; c < c1; ++c) {
-          A* plane = out + (geoms[k].batch * C + c) * H * W;
-          const int64_t o = (k * C + c) * bins;
-          for (int64_t j = 0; j < bins; ++j) {
-            const int64_t a = idx[o + j];
-            if (a >= 0 && a < H * W) plane[a] += static_cast<A>(go[o + j]);
+    std::vector<int64_t> batch(K);
+    for (int64_t k = 0; k < K; ++k)
+      batch[k] = roi_pool_geometry<G>(boxes + k * 5, static_cast<G>(spatial_scale), pooled_h,
+                                      pooled_w, batch_size, H, W).batch;
+    // Channel blocks whose planes fill about half the per-core L2 cache: the output gradient
+    // and argmax are read in runs of a block's channels, RoI after RoI, and scattered into
+    // planes that stay cached.
+    const int64_t hw = H * W;
+    const int64_t plane_bytes = std::max<int64_t>(1, batch_size * hw * int64_t(sizeof(A)));
+    const int64_t block = std::clamp<int64_t>((int64_t(1) << 20) / plane_bytes, 1, 64);
+    const int64_t blocks = (C + block - 1) / block;
+    at::parallel_for(0, blocks, 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t c0 = t * block, c1 = std::min(C, c0 + block);
+        for (int64_t n = 0; n < batch_size; ++n)
+          std::fill(out + (n * C + c0) * hw, out + (n * C + c1) * hw, A(0));
+        for (int64_t k = 0; k < K; ++k) {
+          if (batch[k] < 0) continue;
+          for (int64_t c = c0; c < c1; ++c) {
+            A* const plane = out + (batch[k] * C + c) * hw;
+            const scalar_t* const gk = go + (k * C + c) * bins;
+            const int64_t* const ik = idx + (k * C + c) * bins;
+            for (int64_t j = 0; j < bins; ++j) {
+              const int64_t a = ik[j];
+              if (a >= 0 && a < hw) plane[a] += static_cast<A>(gk[j]);
+            }
           }
         }
       }

@@ -383,12 +383,17 @@ def _roi_pool_setup(ctx, inputs, output):
     input, rois, spatial_scale, ph, pw = inputs
     _, argmax = output
     ctx.mark_non_differentiable(argmax)
+    # argmax never has a gradient: without this, autograd would fill an int64 zero tensor of
+    # its size (K C oh ow, 100 MB for Mask R-CNN's 1000 RoIs) on every backward.
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(rois, argmax)
     ctx.args = (spatial_scale, ph, pw)
     ctx.input_shape = input.shape
 
 
 def _roi_pool_backward(ctx, grad, _grad_argmax):
+    if grad is None:  # the output took no part in what is differentiated
+        return None, None, None, None, None
     rois, argmax = ctx.saved_tensors
     spatial_scale, ph, pw = ctx.args
     n, c, h, w = ctx.input_shape
