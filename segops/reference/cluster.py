@@ -10,11 +10,11 @@ Arithmetic
 Everything is computed in the "acc" dtype: float64 for float64 predictions, float32 for
 float32, float16 and bfloat16 ones (half inputs are converted to float32 first, exactly).
 The transcendental functions are not torch's: :func:`exp_p`, :func:`sigmoid_p` and
-:func:`tanh_p` are the kernel's portable functions (``csrc/common/masks.h``/``cluster.h``)
+:func:`tanh_p` are the kernel's portable functions (``csrc/common/portable_math.h``)
 written with torch elementwise ops, one torch op per C operation, so that each rounds once,
 exactly as the C code does (which is compiled without FMA). The float32 constants are 0-dim
 float32 tensors; a Python float rounded to float32 equals the C ``f`` literal for every
-constant used (``tests/test_cluster_reference.py`` checks this against exact rational
+constant used (``tests/ops/cluster/test_cluster_reference.py`` checks this against exact rational
 rounding). So this reference and the kernel agree bit for bit: the same instance map and
 the same scores.
 
@@ -64,7 +64,7 @@ __all__ = ["cluster_seeds", "exp_p", "sigmoid_p", "tanh_p", "grid_coordinates"]
 
 
 # --------------------------------------------------------------------------------------
-# portable math (csrc/common/masks.h, cluster.h), one torch op per C operation
+# portable math (csrc/common/portable_math.h), one torch op per C operation
 # --------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Outputs of 8 MB and more take the CPU kernels' huge-page path (csrc/cpu/huge_pages.h:
+"""Outputs of 8 MB and more take the CPU kernels' huge-page path (csrc/core/huge_pages.h:
 advised to transparent huge pages before the first write): the references' values there,
 and the same bits with the advice turned off (SEGOPS_HUGE_PAGES=0, in a subprocess).
 """
