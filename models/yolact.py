@@ -202,8 +202,13 @@ class Yolact(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def priors(self, feature_sizes: list[tuple[int, int]], device: torch.device) -> Tensor:
-        """Cached :func:`make_priors` for these level sizes: ``Tensor[N, 4]`` float32."""
+        """Cached :func:`make_priors` for these level sizes: ``Tensor[N, 4]`` float32. Not
+        cached while tracing (torch.compile / torch.export): a traced (fake) tensor must not
+        outlive the trace and come back from eager calls."""
         key = (tuple(feature_sizes), str(device))
+        if torch.compiler.is_compiling():
+            c = self.config
+            return make_priors(feature_sizes, c.scales, c.aspect_ratios, c.max_size, device)
         if key not in self._prior_cache:
             c = self.config
             self._prior_cache[key] = make_priors(feature_sizes, c.scales, c.aspect_ratios,

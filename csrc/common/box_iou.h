@@ -3,6 +3,7 @@
 #pragma once
 
 #include "macros.h"
+#include "portable_math.h"
 
 namespace segops {
 
@@ -88,7 +89,8 @@ SEGOPS_HOST_DEVICE G matrix_nms_decay(int64_t j, const G* comp, bool gaussian, G
     const G x = same(i) ? iou(i) : G(0);
     G term;
     if (gaussian) {
-      term = exp_(-sigma * (x * x)) / exp_(-sigma * (comp[i] * comp[i]));
+      // the portable exp: glibc's and CUDA's differ in the last ulp
+      term = exp_portable(-sigma * (x * x)) / exp_portable(-sigma * (comp[i] * comp[i]));
     } else {
       const G den = G(1) - comp[i];
       if (den == G(0)) continue;

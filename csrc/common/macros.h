@@ -41,8 +41,6 @@ SEGOPS_HOST_DEVICE double ceil_(double v) { return ceil(v); }
 SEGOPS_HOST_DEVICE float floor_(float v) { return floorf(v); }
 SEGOPS_HOST_DEVICE double floor_(double v) { return floor(v); }
 SEGOPS_HOST_DEVICE float round_(float v) { return roundf(v); }
-SEGOPS_HOST_DEVICE double exp_(double v) { return exp(v); }
-SEGOPS_HOST_DEVICE float exp_(float v) { return expf(v); }
 SEGOPS_HOST_DEVICE double round_(double v) { return round(v); }
 
 }  // namespace segops

@@ -53,6 +53,19 @@ def test_priors_match_the_release_at_550(model_550):
                                                           384 * 2 ** 0.5]))
 
 
+def test_priors_traced_first_are_not_cached():
+    """A trace (torch.compile here, torch.export alike) must not leave its fake priors in the
+    cache for later eager calls."""
+    model = small_model().eval()
+    sizes = [(69, 69), (35, 35), (18, 18), (9, 9), (5, 5)]
+    torch._dynamo.reset()
+    traced = torch.compile(model.priors, backend="eager", fullgraph=True)(sizes, "cpu")
+    assert not model._prior_cache
+    eager = model.priors(sizes, "cpu")
+    assert type(eager) is torch.Tensor and torch.equal(eager, traced)
+    torch._dynamo.reset()
+
+
 def test_feature_and_prediction_shapes_at_550(model_550):
     model, image, preds = model_550
     feats = model.backbone(image)
