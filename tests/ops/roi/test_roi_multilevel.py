@@ -146,6 +146,24 @@ def test_level_boundaries(device, cs, cl, dtype):
                 assert not torch.equal(out[k], per_level[other, k])
 
 
+@pytest.mark.parametrize("cl", [2**40, 4096, -(2**40)])
+def test_extreme_canonical_levels(device, cl):
+    """A huge canonical_level puts every box of positive area on the coarsest level (its level
+    value is huge) but a zero-area box still on the lowest (log2(0) = -inf): the level areas
+    must not underflow to 0. A hugely negative one puts everything on the lowest level."""
+    scales = [1 / 4, 1 / 8, 1 / 16]
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(1, 2, 24 // 2**l, 28 // 2**l, generator=g).to(device) for l in range(3)]
+    rois = torch.tensor([[0, 5.0, 6.0, 5.0, 9.0], [0, 2.0, 3.0, 2.5, 3.5],
+                         [0, 1.0, 1.0, 60.0, 70.0]], device=device)
+    out = ml(xs, rois, 2, scales, 2, canonical_level=cl)
+    per_level = torch.stack([segops.roi_align(x, rois, 2, s, 2) for x, s in zip(xs, scales)])
+    levels = [0, 2, 2] if cl > 0 else [0, 0, 0]
+    for k, l in enumerate(levels):
+        assert torch.equal(out[k], per_level[l, k]), (k, l)
+    assert not torch.equal(per_level[0, 0], per_level[2, 0])  # the levels are told apart
+
+
 def test_matches_torchvision_multiscale_roi_align():
     """torchvision's MultiScaleRoIAlign (infers the same scales from the feature sizes)."""
     tv = pytest.importorskip("torchvision.ops")
