@@ -65,7 +65,6 @@ def test_scales_from_the_largest_height_and_kept():
     (("p2", 7, 2), TypeError, "`featmap_names` must be a non-empty list of str"),
     (([], 7, 2), TypeError, "`featmap_names` must be a non-empty list of str"),
     ((["p2"], (7, 7, 7), 2), TypeError, "`output_size` must be an int or a pair of ints"),
-    ((["p2"], -1, 2), ValueError, "`output_size` must be >= 0"),
     ((["p2"], 7, 2.0), TypeError, "`sampling_ratio` must be an int"),
 ])
 def test_constructor_errors(args, error, match):
@@ -76,6 +75,9 @@ def test_constructor_errors(args, error, match):
 def test_forward_errors():
     feats = _pyramid()
     boxes = [_boxes(5, 4), _boxes(6, 4)]
+    # values are the op's to check (one layer), at the first call
+    with pytest.raises(ValueError, match="multilevel_roi_align: `output_size` must be in"):
+        segops.MultiScaleRoIAlign(list(feats), -1, 2)(feats, boxes, [(256, 384)])
     pooler = segops.MultiScaleRoIAlign(list(feats), 3, 2)
     with pytest.raises(TypeError, match="MultiScaleRoIAlign: `x` must be a dict"):
         pooler(list(feats.values()), boxes, [(256, 384)])

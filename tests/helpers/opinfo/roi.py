@@ -173,10 +173,15 @@ def _ml_samples(device, dtype):
 
 
 def _ml_grad(device, dtype):
-    feats = [f.requires_grad_() for f in _pyramid(device, torch.float64, seed=5, channels=2)]
-    rois = _ml_rois(device, torch.float64)
+    # a small pyramid (12x14 at 1/4): gradcheck perturbs every input element
+    feats = [_features(device, torch.float64, (2, 2, 12 >> l, 14 >> l), 5 + l).requires_grad_()
+             for l in range(3)]
+    rois = _ml_rois(device, torch.float64) * torch.tensor([1.0, 0.3, 0.3, 0.3, 0.3],
+                                                           dtype=torch.float64, device=device)
     return [
-        (lambda *f: segops.multilevel_roi_align(list(f), rois, 2, _SCALES, 2), tuple(feats)),
+        # canonical_scale 28: these small boxes land on all three levels
+        (lambda *f: segops.multilevel_roi_align(list(f), rois, 2, _SCALES, 2,
+                                                canonical_scale=28), tuple(feats)),
         (lambda *f: segops.multilevel_roi_align(list(f), rois, 2, _SCALES, 2, mode="all"),
          tuple(feats)),
     ]
