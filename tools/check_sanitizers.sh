@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+case $PYTHON in */*) PYTHON=$(realpath -s "$PYTHON") ;; esac  # absolute: the build runs elsewhere
 CXX=${CXX:-g++}
 DIR=build/sanitize
 rm -rf "$DIR" && mkdir -p "$DIR"

@@ -53,6 +53,7 @@ def test_priors_match_the_release_at_550(model_550):
                                                           384 * 2 ** 0.5]))
 
 
+@pytest.mark.no_cuda_emu  # dynamo does not trace under the emulator's dispatch mode
 def test_priors_traced_first_are_not_cached():
     """A trace (torch.compile here, torch.export alike) must not leave its fake priors in the
     cache for later eager calls."""
