@@ -67,7 +67,7 @@ def test_the_real_kernels_that_synchronise_are_found():
     texts = [p.read_text() for p in sorted(build.CSRC.glob("*/*.cu*"))]
     sync = build.synchronising_functions(texts)
     # the kernels written with block barriers or warp votes (see csrc/<family>/*.cu)
-    assert {"loop_kernel", "nms_mask_kernel", "nms_scan_kernel", "gather_backward_kernel",
+    assert {"loop_kernel", "greedy_mask_kernel", "greedy_scan_kernel", "gather_backward_kernel",
             "multilevel_gather_kernel", "compact_rois"} <= sync
     assert "roi_align_forward_kernel" not in sync and "paste_kernel" not in sync
 

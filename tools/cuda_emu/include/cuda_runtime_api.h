@@ -109,6 +109,8 @@ inline void __syncthreads() { cuda_emu::syncthreads(); }
 inline unsigned __ballot_sync(unsigned mask, int pred) { return cuda_emu::ballot(mask, pred != 0); }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
 inline int __popcll(unsigned long long v) { return __builtin_popcountll(v); }
+inline int __ffs(int v) { return __builtin_ffs(v); }
+inline int __ffsll(long long v) { return __builtin_ffsll(v); }
 
 // One thread runs at a time, and only a barrier switches threads: a read-modify-write is
 // atomic by construction.
@@ -116,6 +118,18 @@ template <typename T>
 inline T atomicAdd(T* p, T v) {
   const T old = *p;
   *p = old + v;
+  return old;
+}
+template <typename T>
+inline T atomicOr(T* p, T v) {
+  const T old = *p;
+  *p = old | v;
+  return old;
+}
+template <typename T>
+inline T atomicMax(T* p, T v) {
+  const T old = *p;
+  *p = old < v ? v : old;
   return old;
 }
 
