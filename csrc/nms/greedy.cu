@@ -33,14 +33,17 @@ constexpr int kBits = 64;
 constexpr int kPlanThreads = 1024;
 constexpr int kScanThreads = 256;
 constexpr int kThreads = 256;
-// Words of mask per chunk (128 MiB). The CPU emulator's build (tools/cuda_emu) makes it
-// small, so that its tests take the multi-chunk path at a few hundred boxes.
+// Words of mask per chunk (128 MiB). The CPU emulator (tools/cuda_emu) makes it small (a
+// run-time setting there), so that its tests take the multi-chunk path at a few hundred
+// boxes, and sets it back to this for its cost tables.
 #ifndef SEGOPS_NMS_MASK_BUDGET_WORDS
 #define SEGOPS_NMS_MASK_BUDGET_WORDS (int64_t(1) << 24)
 #endif
-constexpr int64_t kBudgetWords = SEGOPS_NMS_MASK_BUDGET_WORDS;
-static_assert(kBudgetWords % kBits == 0, "the mask budget must be a multiple of 64 words");
-constexpr int64_t kBudgetSpans = kBudgetWords / kBits;  // in units of one word per row
+// The budget in "spans" (one word for each of a row block's 64 rows), at least one.
+int64_t budget_spans() {
+  const int64_t words = SEGOPS_NMS_MASK_BUDGET_WORDS;
+  return words / 64 > 1 ? words / 64 : 1;
+}
 
 SEGOPS_HOST_DEVICE int64_t words_for(int64_t n) { return (n + kBits - 1) / kBits; }
 
@@ -180,23 +183,23 @@ __global__ void __launch_bounds__(kPlanThreads)
 }
 
 // The row blocks [lo, hi) of chunk c: those whose mask begins in [c B, (c + 1) B).
-__device__ inline void chunk_range(const int64_t* off, int64_t rb, int64_t c, int64_t& lo,
-                                   int64_t& hi) {
-  lo = lower_bound(off, 0, rb, c * kBudgetSpans);
-  hi = lower_bound(off, lo, rb, (c + 1) * kBudgetSpans);
+__device__ inline void chunk_range(const int64_t* off, int64_t rb, int64_t c, int64_t budget,
+                                   int64_t& lo, int64_t& hi) {
+  lo = lower_bound(off, 0, rb, c * budget);
+  hi = lower_bound(off, lo, rb, (c + 1) * budget);
 }
 
 // 3a. The mask of chunk c: one (row block, word) item per 64-thread block iteration.
 template <typename G>
 __global__ void __launch_bounds__(kBits)
     greedy_mask_kernel(const Box<G>* boxes, const uint8_t* valid, const int64_t* seg_end,
-                       const int64_t* off, int64_t n, int64_t c, double threshold,
-                       uint64_t* mask) {
+                       const int64_t* off, int64_t n, int64_t c, int64_t budget,
+                       double threshold, uint64_t* mask) {
   __shared__ Box<G> cols[kBits];
   __shared__ uint8_t col_valid[kBits];
   const int64_t rb = words_for(n);
   int64_t lo, hi;
-  chunk_range(off, rb, c, lo, hi);
+  chunk_range(off, rb, c, budget, lo, hi);
   const int64_t base = off[lo], items = off[hi] - base;
   const int t = threadIdx.x;
   for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
@@ -233,13 +236,14 @@ __global__ void __launch_bounds__(kBits)
 __global__ void __launch_bounds__(kScanThreads)
     greedy_scan_kernel(const uint64_t* mask, const uint8_t* valid, const int64_t* off,
                        const int64_t* seg_base, const int64_t* seg_start, const int64_t* rank,
-                       int64_t n, int64_t c, uint64_t* removed, int32_t* flags) {
+                       int64_t n, int64_t c, int64_t budget, uint64_t* removed,
+                       int32_t* flags) {
   __shared__ uint64_t diag[kBits];
   __shared__ unsigned candidates[2];
   __shared__ uint64_t kept_rows;
   const int64_t rb = words_for(n);
   int64_t lo, hi;
-  chunk_range(off, rb, c, lo, hi);
+  chunk_range(off, rb, c, budget, lo, hi);
   if (lo >= hi) return;
   const int64_t base = off[lo];
   const int t = threadIdx.x;
@@ -328,15 +332,15 @@ void launch_greedy(const GreedyArgs& a, const void* boxes, const void* scores,
   greedy_plan_kernel<<<1, kPlanThreads, 0, stream>>>(cls, s.seg_end, n, s.off, s.seg_base,
                                                      s.seg_start, s.removed);
   const int sms = grid_limit();
-  const int64_t chunks = nms_chunks(n);
+  const int64_t chunks = nms_chunks(n), budget = budget_spans();
   const unsigned mask_grid = static_cast<unsigned>(
-      min_(max_(min_(kBudgetSpans, rb * rb), int64_t(1)), int64_t(sms) * 32));
+      min_(max_(min_(budget, rb * rb), int64_t(1)), int64_t(sms) * 32));
   const unsigned scan_grid = static_cast<unsigned>(min_(rb, int64_t(sms) * 4));
   for (int64_t c = 0; c < chunks; ++c) {
     greedy_mask_kernel<G><<<mask_grid, kBits, 0, stream>>>(s.boxes, s.valid, s.seg_end, s.off,
-                                                           n, c, a.threshold, s.mask);
+                                                           n, c, budget, a.threshold, s.mask);
     greedy_scan_kernel<<<scan_grid, kScanThreads, 0, stream>>>(
-        s.mask, s.valid, s.off, s.seg_base, s.seg_start, rank, n, c, s.removed, flags);
+        s.mask, s.valid, s.off, s.seg_base, s.seg_start, rank, n, c, budget, s.removed, flags);
   }
 }
 
@@ -346,13 +350,13 @@ int64_t nms_mask_words(int64_t n) {
   const int64_t w = words_for(n);
   // Everything when it fits the budget, else a chunk: up to the budget, plus the last row
   // block that begins inside it (at most one word per column word).
-  return min_(kBits * w * (w + 1) / 2, kBudgetWords + kBits * w);
+  return min_(kBits * w * (w + 1) / 2, kBits * (budget_spans() + w));
 }
 
 int64_t nms_chunks(int64_t n) {
   // Row block r spans at most words - r words: the single-class total bounds every call's.
   const int64_t w = words_for(n);
-  return kBits * w * (w + 1) / 2 / kBudgetWords + 1;
+  return w * (w + 1) / 2 / budget_spans() + 1;
 }
 
 int64_t greedy_scratch_bytes(bool f64, int64_t n) {

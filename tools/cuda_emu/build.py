@@ -160,8 +160,8 @@ def load(verbose: bool = False):
     build_dir = BUILD.with_name("cuda_emu_asan") if asan else BUILD
     build_dir.mkdir(parents=True, exist_ok=True)
     # Greedy NMS chunks its mask at 2^24 words on a GPU (n > 32768 boxes): at 2^8 words here
-    # every test with more than 128 boxes runs several chunks.
-    flags.append("-DSEGOPS_NMS_MASK_BUDGET_WORDS=256")
+    # (set_nms_mask_budget_words) every test with more than 128 boxes runs several chunks.
+    flags.append("-DSEGOPS_NMS_MASK_BUDGET_WORDS=CUDA_EMU_NMS_MASK_BUDGET_WORDS")
     return load_extension(
         name="segops_cuda_emu",
         sources=sources,

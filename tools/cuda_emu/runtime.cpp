@@ -76,6 +76,7 @@ struct Emulator {
   bool capture = false;
   bool dry_run = false;  // count launches, run no thread (cost tables at large sizes)
   int multiprocessors = 4;
+  int64_t nms_mask_budget_words = 256;
   cudaError_t error = cudaSuccess;
   std::string message, last_message;
   // The launch being run.
@@ -342,6 +343,7 @@ void device_assert(const char* condition, const char* file, int line) {
 }
 
 int multiprocessors() { return emu().multiprocessors; }
+int64_t nms_mask_budget_words() { return emu().nms_mask_budget_words; }
 
 cudaError_t take_error() {
   Emulator& e = emu();
@@ -377,6 +379,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "sizes: outputs are then garbage).");
   m.def("set_multiprocessors", [](int n) { cuda_emu::emu().multiprocessors = n; },
         "What cudaDevAttrMultiProcessorCount reports (4 by default).");
+  m.def("set_nms_mask_budget_words", [](int64_t w) { cuda_emu::emu().nms_mask_budget_words = w; },
+        "Greedy NMS's mask budget in words (256 here by default; 2**24 on a GPU).");
   cuda_emu::bind_trace(m);
   m.def("stats", [] {
     const auto& e = cuda_emu::emu();

@@ -72,6 +72,10 @@ cudaError_t take_error();
 void trace_launch(const char* kernel, const dim3& grid, const dim3& block, size_t shared);
 void trace_sync(const char* what);
 int multiprocessors();
+// Greedy NMS's mask budget (SEGOPS_NMS_MASK_BUDGET_WORDS, set to this by build.py): 256
+// words unless set.
+int64_t nms_mask_budget_words();
+#define CUDA_EMU_NMS_MASK_BUDGET_WORDS (::cuda_emu::nms_mask_budget_words())
 const char* error_string(cudaError_t e);
 
 struct Config {
