@@ -186,21 +186,25 @@ at::Tensor matrix_nms_cuda(const at::Tensor& masks, const at::Tensor& labels,
   const c10::cuda::CUDAGuard guard(masks.device());
   const int64_t n = masks.size(0), p = masks.size(1) * masks.size(2);
   if (n == 0) return at::empty({0}, scores.options());
-  const bool f64 = scores.scalar_type() == at::kDouble;
-  const at::Tensor order = stable_order(scores, true);
-  const at::Tensor m = masks.index_select(0, order).ne(0).to(at::kByte).reshape({n, p}).contiguous();
-  const at::Tensor lab = labels.to(at::kLong).index_select(0, order).contiguous();
-  at::Tensor scratch = at::empty({std::max<int64_t>(cuda::matrix_nms_scratch_bytes(f64, n, p), 1)},
-                                 masks.options().dtype(at::kByte));
-  const auto g = f64 ? at::kDouble : at::kFloat;
-  at::Tensor decay = at::empty({n}, scores.options().dtype(g));
-  C10_CUDA_CHECK(cuda::matrix_nms_decay(f64, m.const_data_ptr<uint8_t>(),
-                                        lab.const_data_ptr<int64_t>(), n, p, gaussian, sigma,
-                                        scratch.mutable_data_ptr(), decay.mutable_data_ptr(),
-                                        c10::cuda::getCurrentCUDAStream()));
-  // score * decay in the IoU dtype, back to the input order.
-  const at::Tensor updated = scores.index_select(0, order).to(g).mul(decay).to(scores.scalar_type());
-  return updated.index_select(0, stable_order(order, false));
+  const at::Tensor sc = scores.contiguous();
+  // Score order; then label-major rows (stable: by score within a label).
+  const at::Tensor order = stable_order(sc, true);
+  const at::Tensor score_label = labels.to(at::kLong).index_select(0, order);
+  const auto [label, rank] = at::sort(score_label, /*stable=*/true, 0, /*descending=*/false);
+  const at::Tensor src = order.index_select(0, rank);
+  const at::Tensor m = (masks.scalar_type() == at::kBool ? masks : masks.ne(0)).contiguous();
+  const cuda::MatrixArgs a{n, p, gaussian, sigma, cuda_dtype(sc)};
+  at::Tensor scratch = at::empty(
+      {cuda::matrix_nms_scratch_bytes(sc.scalar_type() == at::kDouble, n, p)},
+      masks.options().dtype(at::kByte));
+  at::Tensor out = at::empty({n}, sc.options());
+  C10_CUDA_CHECK(cuda::matrix_nms(
+      a, static_cast<const uint8_t*>(m.const_data_ptr()), src.const_data_ptr<int64_t>(),
+      label.const_data_ptr<int64_t>(), rank.const_data_ptr<int64_t>(),
+      score_label.const_data_ptr<int64_t>(), order.const_data_ptr<int64_t>(),
+      sc.const_data_ptr(), scratch.mutable_data_ptr(), out.mutable_data_ptr(),
+      c10::cuda::getCurrentCUDAStream()));
+  return out;
 }
 
 }  // namespace

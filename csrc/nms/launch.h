@@ -42,12 +42,22 @@ cudaError_t greedy_compact(const int32_t* flags, const int32_t* incl, const int6
 cudaError_t fast_nms_keep(bool f64, const void* cols, int64_t classes, int64_t d,
                           double iou_threshold, uint8_t* keep, cudaStream_t stream);
 
-// Matrix NMS on masks sorted by score: masks [N, P] as bytes (0/1), labels [N]. Writes
-// decay [N] (IoU dtype). `scratch` holds matrix_nms_scratch_bytes(f64, n, p) bytes.
+// Matrix NMS (matrix.cu). Rows r: the masks by label, by score within a label; rank[r] is
+// row r's score rank, src[r] its mask, label[r] its label (ascending). order[j] is the
+// mask of score rank j, score_label[j] its label. masks: [N, P] bytes (0 or nonzero).
+// Writes out[k] = scores[k] * decay of mask k (IoU dtype: double for double scores, else
+// float; rounded to the scores' dtype). `scratch`: matrix_nms_scratch_bytes(f64, n, p).
+struct MatrixArgs {
+  int64_t n, p;
+  bool gaussian;
+  double sigma;
+  Dtype score_dtype;
+};
 int64_t matrix_nms_scratch_bytes(bool f64, int64_t n, int64_t p);
-cudaError_t matrix_nms_decay(bool f64, const uint8_t* masks, const int64_t* labels, int64_t n,
-                             int64_t p, bool gaussian, double sigma, void* scratch, void* decay,
-                             cudaStream_t stream);
+cudaError_t matrix_nms(const MatrixArgs& m, const uint8_t* masks, const int64_t* src,
+                       const int64_t* label, const int64_t* rank, const int64_t* score_label,
+                       const int64_t* order, const void* scores, void* scratch, void* out,
+                       cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace segops

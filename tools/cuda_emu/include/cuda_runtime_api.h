@@ -163,6 +163,7 @@ inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMem
   return cuda_emu_copy(dst, src, n, kind, "cudaMemcpyAsync (device to host)");
 }
 inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = nullptr) {
+  cuda_emu::trace_launch("cudaMemsetAsync", dim3(1), dim3(1), 0);  // a device operation too
   for (size_t i = 0; i < n; ++i) static_cast<unsigned char*>(p)[i] = static_cast<unsigned char>(v);
   return cudaSuccess;
 }

@@ -1,0 +1,195 @@
+// Matrix NMS (SOLOv2) CUDA kernels (torch-free). Decay rule and mask IoU from
+// csrc/common/box_iou.h, as on the CPU. The cost model is docs/cost_model/nms.md.
+//
+// Masks are handled in label-major order ("rows" r: by label, by score within a label,
+// from the glue's two stable sorts; rank[r] is row r's score rank), so that, as on the CPU,
+// only pairs of the same label are intersected:
+//  1. pack: every mask as bits (one warp per 32-word strip of a row: coalesced byte loads,
+//     two ballots a word), its pixel count added up per strip (integer atomics, exact);
+//  2. IoU: 64 x 64 tiles of row pairs r < s, skipped unless the two row ranges share a
+//     label; each thread intersects 4 x 4 pairs from 16-word slices staged in shared
+//     memory, and writes the same-label pairs' IoU at (rank[r], rank[s]) of the score-order
+//     matrix (no other entry is ever read);
+//  3. compensation: each mask's largest IoU with a higher-scored mask of its label (over
+//     its label's rows only);
+//  4. decay and output: the decay over every higher-scored mask (cross-label terms
+//     included: with a negative sigma they matter), and score * decay written straight to
+//     the mask's input position (the inverse permutation is a scatter).
+#include "common/box_iou.h"
+#include "core/half.cuh"
+#include "nms/launch.h"
+
+namespace segops {
+namespace cuda {
+namespace {
+
+constexpr int kBits = 64;
+constexpr int kThreads = 256;
+constexpr int kStrip = 32;   // words of a row packed by one warp
+constexpr int kTile = 64;    // rows / columns of an IoU tile
+constexpr int kSlice = 16;   // words staged per step
+constexpr int kPer = 4;      // pairs per thread along each axis (16 x 16 threads)
+
+// 1. One warp per (row, strip): bit b of word w is pixel 64 w + b of mask src[r] being set.
+__global__ void matrix_pack_kernel(const uint8_t* masks, const int64_t* src, int64_t n,
+                                   int64_t p, int64_t words, uint64_t* packed,
+                                   unsigned long long* area) {
+  const int64_t strips = (words + kStrip - 1) / kStrip;
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t job = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; job < n * strips;
+       job += warps) {
+    const int64_t r = job / strips, w0 = job % strips * kStrip;
+    const uint8_t* m = masks + src[r] * p;
+    unsigned long long count = 0;
+    for (int64_t w = w0; w < min_(w0 + kStrip, words); ++w) {
+      const int64_t i = w * kBits + lane;
+      const unsigned lo = __ballot_sync(0xffffffffu, i < p && m[i] != 0);
+      const unsigned hi = __ballot_sync(0xffffffffu, i + 32 < p && m[i + 32] != 0);
+      const uint64_t bits = uint64_t(lo) | uint64_t(hi) << 32;
+      if (lane == 0) {
+        packed[r * words + w] = bits;
+        count += __popcll(bits);
+      }
+    }
+    if (lane == 0) atomicAdd(area + r, count);
+  }
+}
+
+// 2. IoU tiles (blockIdx.x: column tile, blockIdx.y: row tile) over label-major rows.
+template <typename G>
+__global__ void matrix_iou_kernel(const uint64_t* packed, const unsigned long long* area,
+                                  const int64_t* label, const int64_t* rank, int64_t n,
+                                  int64_t words, G* iou) {
+  __shared__ uint64_t a[kTile][kSlice + 1];
+  __shared__ uint64_t b[kTile][kSlice + 1];
+  const int64_t r0 = int64_t(blockIdx.y) * kTile, s0 = int64_t(blockIdx.x) * kTile;
+  // Pairs r < s only, and only tiles whose row and column label ranges meet (labels ascend).
+  if (s0 + kTile <= r0 + 1 || label[min_(r0 + kTile, n) - 1] < label[s0]) return;
+  const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * 16 + tx;
+  int64_t inter[kPer][kPer];
+#pragma unroll
+  for (int i = 0; i < kPer; ++i)
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) inter[i][j] = 0;
+  for (int64_t w0 = 0; w0 < words; w0 += kSlice) {
+    for (int k = tid; k < kTile * kSlice; k += kThreads) {
+      const int row = k / kSlice, w = k % kSlice;
+      const bool in_w = w0 + w < words;
+      a[row][w] = in_w && r0 + row < n ? packed[(r0 + row) * words + w0 + w] : 0;
+      b[row][w] = in_w && s0 + row < n ? packed[(s0 + row) * words + w0 + w] : 0;
+    }
+    __syncthreads();
+#pragma unroll 4
+    for (int w = 0; w < kSlice; ++w) {
+      uint64_t x[kPer], y[kPer];
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        x[i] = a[ty + 16 * i][w];
+        y[i] = b[tx + 16 * i][w];
+      }
+#pragma unroll
+      for (int i = 0; i < kPer; ++i)
+#pragma unroll
+        for (int j = 0; j < kPer; ++j) inter[i][j] += __popcll(x[i] & y[j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int64_t r = r0 + ty + 16 * i;
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const int64_t s = s0 + tx + 16 * j;
+      if (r < s && s < n && label[r] == label[s])
+        iou[rank[r] * n + rank[s]] = mask_iou(static_cast<G>(inter[i][j]),
+                                              static_cast<G>(area[r]), static_cast<G>(area[s]));
+    }
+  }
+}
+
+// 3. comp[rank[s]] = the largest IoU of row s with an earlier row of its label.
+template <typename G>
+__global__ void matrix_comp_kernel(const G* iou, const int64_t* label, const int64_t* rank,
+                                   int64_t n, G* comp) {
+  SEGOPS_GRID_STRIDE(s, n) {
+    const int64_t j = rank[s];
+    G c = G(0);
+    for (int64_t r = s - 1; r >= 0 && label[r] == label[s]; --r) c = max_(c, iou[rank[r] * n + j]);
+    comp[j] = c;
+  }
+}
+
+// 4. out[order[j]] = score * decay of the mask of score rank j, rounded as the CPU does.
+template <typename G, typename T>
+__global__ void matrix_decay_kernel(const G* iou, const int64_t* score_label, const G* comp,
+                                    const T* scores, const int64_t* order, int64_t n,
+                                    bool gaussian, G sigma, T* out) {
+  SEGOPS_GRID_STRIDE(j, n) {
+    const G decay = segops::matrix_nms_decay<G>(
+        j, comp, gaussian, sigma, [&](int64_t i) { return iou[i * n + j]; },
+        [&](int64_t i) { return score_label[i] == score_label[j]; });
+    const int64_t k = order[j];
+    out[k] = static_cast<T>(static_cast<G>(static_cast<acc_t<T>>(scores[k])) * decay);
+  }
+}
+
+struct MatrixScratch {
+  uint64_t* packed;
+  unsigned long long* area;
+  void* iou;
+  void* comp;
+  static int64_t align(int64_t b) { return (b + 15) / 16 * 16; }
+  static int64_t bytes(int64_t n, int64_t words, int64_t g) {
+    return align(8 * n * words) + align(8 * n) + align(g * n * n) + align(g * n);
+  }
+  MatrixScratch(void* base, int64_t n, int64_t words, int64_t g) {
+    char* p = static_cast<char*>(base);
+    packed = reinterpret_cast<uint64_t*>(p), p += align(8 * n * words);
+    area = reinterpret_cast<unsigned long long*>(p), p += align(8 * n);
+    iou = p, p += align(g * n * n);
+    comp = p;
+  }
+};
+
+template <typename G, typename T>
+void launch_matrix(const MatrixArgs& m, const uint8_t* masks, const int64_t* src,
+                   const int64_t* label, const int64_t* rank, const int64_t* score_label,
+                   const int64_t* order, const T* scores, void* scratch, T* out,
+                   cudaStream_t stream) {
+  const int64_t n = m.n, words = (m.p + kBits - 1) / kBits;
+  MatrixScratch s(scratch, n, words, sizeof(G));
+  cudaMemsetAsync(s.area, 0, 8 * n, stream);
+  const int64_t strips = (words + kStrip - 1) / kStrip;
+  matrix_pack_kernel<<<blocks_for(n * strips * 32, kThreads), kThreads, 0, stream>>>(
+      masks, src, n, m.p, words, s.packed, s.area);
+  const unsigned tiles = static_cast<unsigned>((n + kTile - 1) / kTile);
+  matrix_iou_kernel<G><<<dim3(tiles, tiles), dim3(16, 16), 0, stream>>>(
+      s.packed, s.area, label, rank, n, words, static_cast<G*>(s.iou));
+  matrix_comp_kernel<G><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(
+      static_cast<const G*>(s.iou), label, rank, n, static_cast<G*>(s.comp));
+  matrix_decay_kernel<G, T><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(
+      static_cast<const G*>(s.iou), score_label, static_cast<const G*>(s.comp), scores, order,
+      n, m.gaussian, static_cast<G>(m.sigma), out);
+}
+
+}  // namespace
+
+int64_t matrix_nms_scratch_bytes(bool f64, int64_t n, int64_t p) {
+  return MatrixScratch::bytes(n, (p + kBits - 1) / kBits, f64 ? 8 : 4);
+}
+
+cudaError_t matrix_nms(const MatrixArgs& m, const uint8_t* masks, const int64_t* src,
+                       const int64_t* label, const int64_t* rank, const int64_t* score_label,
+                       const int64_t* order, const void* scores, void* scratch, void* out,
+                       cudaStream_t stream) {
+  return dispatch(m.score_dtype, [&](auto tag) {
+    using T = decltype(tag);  // IoUs and decay in acc_t<T>: double for double, else float
+    launch_matrix<acc_t<T>, T>(m, masks, src, label, rank, score_label, order,
+                               static_cast<const T*>(scores), scratch, static_cast<T*>(out),
+                               stream);
+  });
+}
+
+}  // namespace cuda
+}  // namespace segops
