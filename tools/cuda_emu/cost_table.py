@@ -4,7 +4,9 @@ memory, for every segops implementation row of every case in benchmarks/cases.
 
     python tools/cuda_emu/cost_table.py [--quick] [--run] [--filter nms] [--markdown FILE]
 
-By default the kernels do not run (``set_dry_run``: launches are checked and counted, the
+The emulator is set up as an H100 for this (gpu_settings: greedy NMS's 2**24-word mask
+budget, 132 multiprocessors), so that launch counts and scratch are a GPU's. By default the
+kernels do not run (``set_dry_run``: launches are checked and counted, the
 glue's allocations and ATen calls happen as they would), so that the full benchmark sizes
 take seconds; ``--run`` runs them too (minutes at full size). Backward cases measure the
 backward op only (their forward runs on the CPU first). See tools/cuda_emu/costs.py for
@@ -29,6 +31,18 @@ import build  # noqa: E402
 import costs  # noqa: E402
 
 IMPLS = ("segops", "segops-padded", "segops-deterministic")
+
+
+def gpu_settings(module) -> None:
+    """The emulator as a GPU runs the glue: NMS's real mask budget, an H100's 132 SMs."""
+    module.set_nms_mask_budget_words(1 << 24)
+    module.set_multiprocessors(132)
+
+
+def emulator_settings(module) -> None:
+    """Back to the emulator's test settings (small NMS budget, 4 SMs)."""
+    module.set_nms_mask_budget_words(256)
+    module.set_multiprocessors(4)
 
 
 @contextlib.contextmanager
@@ -76,6 +90,7 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown", type=Path, help="also write the table here")
     args = ap.parse_args(argv)
     module = build.load()
+    gpu_settings(module)
     rows = []
     for key, impl, calls, wrapper_syncs in measure_cases(module, args.quick, not args.run,
                                                           args.filter):

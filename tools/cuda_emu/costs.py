@@ -48,7 +48,9 @@ SYNC_OPS = frozenset({
     "aten::unique_consecutive", "aten::unique_dim_consecutive", "aten::bincount",
     "aten::tolist", "aten::_assert_scalar",
 })
-# Not views, but no kernel either.
+# Not views, but no kernel either. (Under torch.use_deterministic_algorithms, torch fills
+# every `empty` with NaN -- a kernel on a GPU, but torch's policy for every op, not the
+# glue's cost: an allocation counts as none.)
 _NO_KERNEL = frozenset({
     "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty",
     "aten::new_empty_strided", "aten::resize_", "aten::lift_fresh", "aten::set_",
@@ -81,6 +83,14 @@ def _launches_kernel(event: Dict[str, Any]) -> bool:
     if name in _NO_KERNEL or name in SYNC_OPS:
         return False
     return not _is_view(name, event["overload"])
+
+
+def _subtree_launches(events: List[Dict[str, Any]]) -> bool:
+    """Whether an ATen call (events[0]) and what it calls launch a kernel; what an
+    allocation does inside (a deterministic-mode fill) does not count."""
+    if events[0]["name"] in _NO_KERNEL:
+        return False
+    return any(_launches_kernel(x) for x in events if x["kind"] == "aten")
 
 
 @dataclasses.dataclass
@@ -126,8 +136,7 @@ def summarise(op: str, trace: Dict[str, Any]) -> CallCost:
             j = i + 1
             while j < len(events) and events[j]["depth"] > 2:
                 j += 1
-            subtree = [x for x in events[i:j] if x["kind"] == "aten"]
-            if any(_launches_kernel(x) for x in subtree):
+            if _subtree_launches(events[i:j]):
                 kernels.append(e["name"])
             i = j
         else:
