@@ -11,7 +11,9 @@
 #pragma once
 
 #if defined(__CUDACC__) && defined(__GNUC__) && !defined(__APPLE__)
-// CUDA's crt/common_functions.h declares glibc's __assert_fail for host and device.
+// <assert.h> brings in glibc's __assert_fail, which CUDA (crt/common_functions.h) makes
+// callable from device code.
+#include <assert.h>
 #define SEGOPS_DEVICE_ASSERT(cond)                                     \
   do {                                                                 \
     if (!(cond)) __assert_fail(#cond, __FILE__, __LINE__, __func__);   \
