@@ -5,16 +5,19 @@
 // from the glue's two stable sorts; rank[r] is row r's score rank), so that, as on the CPU,
 // only pairs of the same label are intersected:
 //  1. pack: every mask as bits (one warp per 32-word strip of a row: coalesced byte loads,
-//     two ballots a word), its pixel count added up per strip (integer atomics, exact);
-//  2. IoU: 64 x 64 tiles of row pairs r < s, skipped unless the two row ranges share a
-//     label; each thread intersects 4 x 4 pairs from 16-word slices staged in shared
-//     memory, and writes the same-label pairs' IoU at (rank[r], rank[s]) of the score-order
-//     matrix (no other entry is ever read);
+//     two ballots a word), its pixel count added up per strip (integer atomics, exact),
+//     stored by score rank;
+//  2. intersections: 64 x 64 tiles of row pairs r < s, skipped unless the two row ranges
+//     share a label, and split along the words (blockIdx.z) so that a few tiles still fill
+//     the GPU; each thread intersects 4 x 4 pairs from 16-word slices staged in shared
+//     memory and adds the same-label pairs' counts (integer atomics: exact, in any order) at
+//     (rank[r], rank[s]) of the score-order matrix (no other entry is ever read);
 //  3. compensation: each mask's largest IoU with a higher-scored mask of its label (over
 //     its label's rows only);
 //  4. decay and output: the decay over every higher-scored mask (cross-label terms
 //     included: with a negative sigma they matter), and score * decay written straight to
 //     the mask's input position (the inverse permutation is a scatter).
+// IoUs are computed from the counts where they are used, by the CPU's mask_iou.
 #include "common/box_iou.h"
 #include "core/half.cuh"
 #include "nms/launch.h"
@@ -30,10 +33,12 @@ constexpr int kTile = 64;    // rows / columns of an IoU tile
 constexpr int kSlice = 16;   // words staged per step
 constexpr int kPer = 4;      // pairs per thread along each axis (16 x 16 threads)
 
+using Count = unsigned int;  // pixel counts (a mask has fewer than 2**32 pixels)
+
 // 1. One warp per (row, strip): bit b of word w is pixel 64 w + b of mask src[r] being set.
-__global__ void matrix_pack_kernel(const uint8_t* masks, const int64_t* src, int64_t n,
-                                   int64_t p, int64_t words, uint64_t* packed,
-                                   unsigned long long* area) {
+__global__ void matrix_pack_kernel(const uint8_t* masks, const int64_t* src,
+                                   const int64_t* rank, int64_t n, int64_t p, int64_t words,
+                                   uint64_t* packed, Count* area) {
   const int64_t strips = (words + kStrip - 1) / kStrip;
   const int lane = threadIdx.x & 31;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
@@ -41,7 +46,7 @@ __global__ void matrix_pack_kernel(const uint8_t* masks, const int64_t* src, int
        job += warps) {
     const int64_t r = job / strips, w0 = job % strips * kStrip;
     const uint8_t* m = masks + src[r] * p;
-    unsigned long long count = 0;
+    Count count = 0;
     for (int64_t w = w0; w < min_(w0 + kStrip, words); ++w) {
       const int64_t i = w * kBits + lane;
       const unsigned lo = __ballot_sync(0xffffffffu, i < p && m[i] != 0);
@@ -52,30 +57,33 @@ __global__ void matrix_pack_kernel(const uint8_t* masks, const int64_t* src, int
         count += __popcll(bits);
       }
     }
-    if (lane == 0) atomicAdd(area + r, count);
+    if (lane == 0) atomicAdd(area + rank[r], count);
   }
 }
 
-// 2. IoU tiles (blockIdx.x: column tile, blockIdx.y: row tile) over label-major rows.
-template <typename G>
-__global__ void matrix_iou_kernel(const uint64_t* packed, const unsigned long long* area,
-                                  const int64_t* label, const int64_t* rank, int64_t n,
-                                  int64_t words, G* iou) {
+// 2. Intersection tiles (blockIdx.x: column tile, blockIdx.y: row tile, blockIdx.z: word
+// slice) over label-major rows; counts added at (rank[r], rank[s]).
+__global__ void matrix_inter_kernel(const uint64_t* packed, const int64_t* label,
+                                    const int64_t* rank, int64_t n, int64_t words,
+                                    int64_t words_per_z, Count* inter) {
   __shared__ uint64_t a[kTile][kSlice + 1];
   __shared__ uint64_t b[kTile][kSlice + 1];
   const int64_t r0 = int64_t(blockIdx.y) * kTile, s0 = int64_t(blockIdx.x) * kTile;
   // Pairs r < s only, and only tiles whose row and column label ranges meet (labels ascend).
   if (s0 + kTile <= r0 + 1 || label[min_(r0 + kTile, n) - 1] < label[s0]) return;
+  const int64_t wz0 = int64_t(blockIdx.z) * words_per_z;
+  const int64_t wz1 = min_(wz0 + words_per_z, words);
+  if (wz0 >= wz1) return;
   const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * 16 + tx;
-  int64_t inter[kPer][kPer];
+  Count count[kPer][kPer];
 #pragma unroll
   for (int i = 0; i < kPer; ++i)
 #pragma unroll
-    for (int j = 0; j < kPer; ++j) inter[i][j] = 0;
-  for (int64_t w0 = 0; w0 < words; w0 += kSlice) {
+    for (int j = 0; j < kPer; ++j) count[i][j] = 0;
+  for (int64_t w0 = wz0; w0 < wz1; w0 += kSlice) {
     for (int k = tid; k < kTile * kSlice; k += kThreads) {
       const int row = k / kSlice, w = k % kSlice;
-      const bool in_w = w0 + w < words;
+      const bool in_w = w0 + w < wz1;
       a[row][w] = in_w && r0 + row < n ? packed[(r0 + row) * words + w0 + w] : 0;
       b[row][w] = in_w && s0 + row < n ? packed[(s0 + row) * words + w0 + w] : 0;
     }
@@ -91,7 +99,7 @@ __global__ void matrix_iou_kernel(const uint64_t* packed, const unsigned long lo
 #pragma unroll
       for (int i = 0; i < kPer; ++i)
 #pragma unroll
-        for (int j = 0; j < kPer; ++j) inter[i][j] += __popcll(x[i] & y[j]);
+        for (int j = 0; j < kPer; ++j) count[i][j] += __popcll(x[i] & y[j]);
     }
     __syncthreads();
   }
@@ -101,33 +109,42 @@ __global__ void matrix_iou_kernel(const uint64_t* packed, const unsigned long lo
 #pragma unroll
     for (int j = 0; j < kPer; ++j) {
       const int64_t s = s0 + tx + 16 * j;
-      if (r < s && s < n && label[r] == label[s])
-        iou[rank[r] * n + rank[s]] = mask_iou(static_cast<G>(inter[i][j]),
-                                              static_cast<G>(area[r]), static_cast<G>(area[s]));
+      if (r < s && s < n && label[r] == label[s] && count[i][j] != 0)
+        atomicAdd(inter + rank[r] * n + rank[s], count[i][j]);
     }
   }
 }
 
+// The IoU of the masks of score ranks i < j (same label), as the CPU computes it.
+template <typename G>
+__device__ __forceinline__ G pair_iou(const Count* inter, const Count* area, int64_t n,
+                                      int64_t i, int64_t j) {
+  return mask_iou(static_cast<G>(inter[i * n + j]), static_cast<G>(area[i]),
+                  static_cast<G>(area[j]));
+}
+
 // 3. comp[rank[s]] = the largest IoU of row s with an earlier row of its label.
 template <typename G>
-__global__ void matrix_comp_kernel(const G* iou, const int64_t* label, const int64_t* rank,
-                                   int64_t n, G* comp) {
+__global__ void matrix_comp_kernel(const Count* inter, const Count* area, const int64_t* label,
+                                   const int64_t* rank, int64_t n, G* comp) {
   SEGOPS_GRID_STRIDE(s, n) {
     const int64_t j = rank[s];
     G c = G(0);
-    for (int64_t r = s - 1; r >= 0 && label[r] == label[s]; --r) c = max_(c, iou[rank[r] * n + j]);
+    for (int64_t r = s - 1; r >= 0 && label[r] == label[s]; --r)
+      c = max_(c, pair_iou<G>(inter, area, n, rank[r], j));
     comp[j] = c;
   }
 }
 
 // 4. out[order[j]] = score * decay of the mask of score rank j, rounded as the CPU does.
 template <typename G, typename T>
-__global__ void matrix_decay_kernel(const G* iou, const int64_t* score_label, const G* comp,
-                                    const T* scores, const int64_t* order, int64_t n,
-                                    bool gaussian, G sigma, T* out) {
+__global__ void matrix_decay_kernel(const Count* inter, const Count* area,
+                                    const int64_t* score_label, const G* comp, const T* scores,
+                                    const int64_t* order, int64_t n, bool gaussian, G sigma,
+                                    T* out) {
   SEGOPS_GRID_STRIDE(j, n) {
     const G decay = segops::matrix_nms_decay<G>(
-        j, comp, gaussian, sigma, [&](int64_t i) { return iou[i * n + j]; },
+        j, comp, gaussian, sigma, [&](int64_t i) { return pair_iou<G>(inter, area, n, i, j); },
         [&](int64_t i) { return score_label[i] == score_label[j]; });
     const int64_t k = order[j];
     out[k] = static_cast<T>(static_cast<G>(static_cast<acc_t<T>>(scores[k])) * decay);
@@ -136,21 +153,30 @@ __global__ void matrix_decay_kernel(const G* iou, const int64_t* score_label, co
 
 struct MatrixScratch {
   uint64_t* packed;
-  unsigned long long* area;
-  void* iou;
+  Count* area;   // by score rank
+  Count* inter;  // [n, n] by score rank; only same-label (i < j) entries are written
   void* comp;
   static int64_t align(int64_t b) { return (b + 15) / 16 * 16; }
   static int64_t bytes(int64_t n, int64_t words, int64_t g) {
-    return align(8 * n * words) + align(8 * n) + align(g * n * n) + align(g * n);
+    return align(8 * n * words) + align(4 * n) + align(4 * n * n) + align(g * n);
   }
-  MatrixScratch(void* base, int64_t n, int64_t words, int64_t g) {
+  MatrixScratch(void* base, int64_t n, int64_t words) {
     char* p = static_cast<char*>(base);
     packed = reinterpret_cast<uint64_t*>(p), p += align(8 * n * words);
-    area = reinterpret_cast<unsigned long long*>(p), p += align(8 * n);
-    iou = p, p += align(g * n * n);
+    area = reinterpret_cast<Count*>(p), p += align(4 * n);
+    inter = reinterpret_cast<Count*>(p), p += align(4 * n * n);
     comp = p;
   }
 };
+
+int multiprocessors() {
+  int device = 0, sms = 0;
+  cudaGetDevice(&device);
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      sms <= 0)
+    sms = 1;
+  return sms;
+}
 
 template <typename G, typename T>
 void launch_matrix(const MatrixArgs& m, const uint8_t* masks, const int64_t* src,
@@ -158,19 +184,28 @@ void launch_matrix(const MatrixArgs& m, const uint8_t* masks, const int64_t* src
                    const int64_t* order, const T* scores, void* scratch, T* out,
                    cudaStream_t stream) {
   const int64_t n = m.n, words = (m.p + kBits - 1) / kBits;
-  MatrixScratch s(scratch, n, words, sizeof(G));
-  cudaMemsetAsync(s.area, 0, 8 * n, stream);
+  MatrixScratch s(scratch, n, words);
+  // The counts are summed with atomics: zeroed first (areas and intersections are adjacent).
+  cudaMemsetAsync(s.area, 0, reinterpret_cast<char*>(s.comp) - reinterpret_cast<char*>(s.area),
+                  stream);
   const int64_t strips = (words + kStrip - 1) / kStrip;
   matrix_pack_kernel<<<blocks_for(n * strips * 32, kThreads), kThreads, 0, stream>>>(
-      masks, src, n, m.p, words, s.packed, s.area);
-  const unsigned tiles = static_cast<unsigned>((n + kTile - 1) / kTile);
-  matrix_iou_kernel<G><<<dim3(tiles, tiles), dim3(16, 16), 0, stream>>>(
-      s.packed, s.area, label, rank, n, words, static_cast<G*>(s.iou));
+      masks, src, rank, n, m.p, words, s.packed, s.area);
+  // Split the words so that the upper-triangle tiles make about two waves of blocks.
+  const int64_t tiles = (n + kTile - 1) / kTile, pairs = tiles * (tiles + 1) / 2;
+  const int64_t slices = (words + kSlice - 1) / kSlice;
+  const int64_t split = max_(min_((2 * multiprocessors() + pairs - 1) / pairs, slices),
+                             int64_t(1));
+  const int64_t per_z = (slices + split - 1) / split * kSlice;
+  matrix_inter_kernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(tiles),
+                             static_cast<unsigned>(split)),
+                        dim3(16, 16), 0, stream>>>(s.packed, label, rank, n, words, per_z,
+                                                   s.inter);
   matrix_comp_kernel<G><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(
-      static_cast<const G*>(s.iou), label, rank, n, static_cast<G*>(s.comp));
+      s.inter, s.area, label, rank, n, static_cast<G*>(s.comp));
   matrix_decay_kernel<G, T><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(
-      static_cast<const G*>(s.iou), score_label, static_cast<const G*>(s.comp), scores, order,
-      n, m.gaussian, static_cast<G>(m.sigma), out);
+      s.inter, s.area, score_label, static_cast<const G*>(s.comp), scores, order, n,
+      m.gaussian, static_cast<G>(m.sigma), out);
 }
 
 }  // namespace
