@@ -14,9 +14,9 @@
 //     (rank[r], rank[s]) of the score-order matrix (no other entry is ever read);
 //  3. compensation: each mask's largest IoU with a higher-scored mask of its label (over
 //     its label's rows only);
-//  4. decay and output: the decay over every higher-scored mask (cross-label terms
-//     included: with a negative sigma they matter), and score * decay written straight to
-//     the mask's input position (the inverse permutation is a scatter).
+//  4. decay and output (a warp per mask): the decay over every higher-scored mask
+//     (cross-label terms included: with a negative sigma they matter), and score * decay
+//     written straight to the mask's input position (the inverse permutation is a scatter).
 // IoUs are computed from the counts where they are used, by the CPU's mask_iou.
 #include "common/box_iou.h"
 #include "core/half.cuh"
@@ -137,17 +137,34 @@ __global__ void matrix_comp_kernel(const Count* inter, const Count* area, const 
 }
 
 // 4. out[order[j]] = score * decay of the mask of score rank j, rounded as the CPU does.
+// A warp per j: lanes fold the terms i < j with min (exact, and the same in any order:
+// matrix_nms_term), then lane 0 folds the lanes'.
+constexpr int kDecayWarps = kThreads / 32;
 template <typename G, typename T>
 __global__ void matrix_decay_kernel(const Count* inter, const Count* area,
                                     const int64_t* score_label, const G* comp, const T* scores,
                                     const int64_t* order, int64_t n, bool gaussian, G sigma,
                                     T* out) {
-  SEGOPS_GRID_STRIDE(j, n) {
-    const G decay = segops::matrix_nms_decay<G>(
-        j, comp, gaussian, sigma, [&](int64_t i) { return pair_iou<G>(inter, area, n, i, j); },
-        [&](int64_t i) { return score_label[i] == score_label[j]; });
-    const int64_t k = order[j];
-    out[k] = static_cast<T>(static_cast<G>(static_cast<acc_t<T>>(scores[k])) * decay);
+  __shared__ G part[kDecayWarps][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int64_t j0 = int64_t(blockIdx.x) * kDecayWarps; j0 < n;
+       j0 += int64_t(gridDim.x) * kDecayWarps) {
+    const int64_t j = j0 + warp;
+    G decay = G(1);
+    if (j < n)
+      for (int64_t i = lane; i < j; i += 32) {
+        G term;
+        const G x = score_label[i] == score_label[j] ? pair_iou<G>(inter, area, n, i, j) : G(0);
+        if (matrix_nms_term(x, comp[i], gaussian, sigma, term)) decay = min_(decay, term);
+      }
+    part[warp][lane] = decay;
+    __syncthreads();
+    if (lane == 0 && j < n) {
+      for (int l = 1; l < 32; ++l) decay = min_(decay, part[warp][l]);
+      const int64_t k = order[j];
+      out[k] = static_cast<T>(static_cast<G>(static_cast<acc_t<T>>(scores[k])) * decay);
+    }
+    __syncthreads();
   }
 }
 
@@ -203,7 +220,7 @@ void launch_matrix(const MatrixArgs& m, const uint8_t* masks, const int64_t* src
                                                    s.inter);
   matrix_comp_kernel<G><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(
       s.inter, s.area, label, rank, n, static_cast<G*>(s.comp));
-  matrix_decay_kernel<G, T><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(
+  matrix_decay_kernel<G, T><<<blocks_for(n * 32, kThreads), kThreads, 0, stream>>>(
       s.inter, s.area, score_label, static_cast<const G*>(s.comp), scores, order, n,
       m.gaussian, static_cast<G>(m.sigma), out);
 }
