@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -56,11 +57,12 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& roi
   check_roi_forward("roi_align", input, rois, spatial_scale, pooled_h, pooled_w);
   const c10::cuda::CUDAGuard guard(input.device());
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
-  at::Tensor out = at::zeros({rois.size(0), C, pooled_h, pooled_w}, input.options());
-  if (out.numel() == 0 || H == 0 || W == 0) {
+  const std::vector<int64_t> shape = {rois.size(0), C, pooled_h, pooled_w};
+  if (c10::multiply_integers(shape) == 0 || H == 0 || W == 0) {
     check_batch_indices_only(rois, N, input.scalar_type());
-    return out;
+    return at::zeros(shape, input.options());
   }
+  at::Tensor out = at::empty(shape, input.options());  // the kernel writes every element
   const at::Tensor x = input.contiguous();
   const at::Tensor r = rois_for_geometry(rois, input.scalar_type());
   const auto a = roi_args(N, C, H, W, r, pooled_h, pooled_w, spatial_scale, sampling_ratio,
@@ -123,11 +125,11 @@ at::Tensor multilevel_roi_align_forward_cuda(at::TensorList features, const at::
   const c10::cuda::CUDAGuard guard(features[0].device());
   std::vector<int64_t> shape = {p.rois, p.channels, pooled_h, pooled_w};
   if (all_levels) shape.insert(shape.begin(), p.levels);
-  at::Tensor out = at::zeros(shape, features[0].options());
-  if (out.numel() == 0 || !p.any_pixels()) {
+  if (c10::multiply_integers(shape) == 0 || !p.any_pixels()) {
     check_batch_indices_only(rois, p.batch, features[0].scalar_type());
-    return out;
+    return at::zeros(shape, features[0].options());
   }
+  at::Tensor out = at::empty(shape, features[0].options());  // every element is written
   std::vector<at::Tensor> xs;
   cuda::RoILevelInputs in{};
   for (int64_t l = 0; l < p.levels; ++l) {
@@ -198,12 +200,14 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input
   const c10::cuda::CUDAGuard guard(input.device());
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t K = rois.size(0);
-  at::Tensor out = at::zeros({K, C, pooled_h, pooled_w}, input.options());
-  at::Tensor argmax = at::full({K, C, pooled_h, pooled_w}, -1, input.options().dtype(at::kLong));
-  if (out.numel() == 0) {
+  if (K * C * pooled_h * pooled_w == 0) {
     check_batch_indices_only(rois, N, input.scalar_type());
-    return {out, argmax};
+    return {at::zeros({K, C, pooled_h, pooled_w}, input.options()),
+            at::full({K, C, pooled_h, pooled_w}, -1, input.options().dtype(at::kLong))};
   }
+  // The kernel writes every element of both.
+  at::Tensor out = at::empty({K, C, pooled_h, pooled_w}, input.options());
+  at::Tensor argmax = at::empty({K, C, pooled_h, pooled_w}, input.options().dtype(at::kLong));
   const at::Tensor x = input.contiguous();
   const at::Tensor r = rois_for_geometry(rois, input.scalar_type());
   const auto a = roi_args(N, C, H, W, r, pooled_h, pooled_w, spatial_scale);

@@ -35,11 +35,11 @@ pytestmark = [
 # several kernels; cumsum, index_select and zeros one each. Families reworked elsewhere
 # (masks, cluster, patches) hold their current counts until they lower them.
 BUDGETS = {
-    "roi_align": (2, 1, 0),                       # geometry, forward; zeros
+    "roi_align": (2, 0, 0),                       # geometry, forward (output: empty)
     "_roi_align_backward": (2, 2, 0),             # geometry, scatter / gather; zeros, to
-    "roi_pool": (1, 2, 0),                        # forward; zeros, full
+    "roi_pool": (1, 0, 0),                        # forward (outputs: empty)
     "_roi_pool_backward": (2, 2, 0),
-    "multilevel_roi_align": (2, 1, 0),
+    "multilevel_roi_align": (2, 0, 0),
     "_multilevel_roi_align_backward": (2, 8, 0),  # zeros and to per level (atomic form)
     "nms": (5, 2, 1),            # prepare, plan, mask + scan per chunk, compact; sort, cumsum
     "batched_nms": (5, 5, 2),    # + the class sort and two index_selects

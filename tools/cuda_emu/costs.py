@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import re
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
@@ -99,6 +100,7 @@ class CallCost:
 
     op: str
     launches: List[str]
+    blocks: int  # thread blocks over all launches (grid sizes)
     aten: List[str]
     aten_kernels: List[str]
     sorts: int
@@ -151,9 +153,14 @@ def summarise(op: str, trace: Dict[str, Any]) -> CallCost:
         if e["kind"] == "sync" or (e["kind"] == "aten" and (e["name"] in SYNC_OPS or e["detail"])):
             syncs.append(e["name"] + (f" ({e['detail']})" if e["detail"] else ""))
             inside = e["depth"]
+    blocks = 0
+    for e in events:
+        if e["kind"] == "launch" and (m := re.match(r"grid \((\d+),(\d+),(\d+)\)", e["detail"])):
+            blocks += int(m.group(1)) * int(m.group(2)) * int(m.group(3))
     return CallCost(
         op=op,
         launches=[e["name"] for e in events if e["kind"] == "launch"],
+        blocks=blocks,
         aten=[e["name"] for e in top],
         aten_kernels=kernels,
         sorts=sum(e["name"] in _SORTS for e in top),
@@ -266,7 +273,7 @@ def tensor_bytes(x) -> int:
 
 def format_table(rows: List[Dict[str, Any]]) -> str:
     """Markdown table of cost rows (see tools/cuda_emu/cost_table.py)."""
-    cols = ["case", "launches", "aten", "aten kernels", "sorts", "syncs", "peak MB",
+    cols = ["case", "launches", "blocks", "aten", "aten kernels", "sorts", "syncs", "peak MB",
             "scratch MB", "in+out MB"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -282,6 +289,7 @@ def row(case: str, calls: List[CallCost], inputs_bytes: int,
     return {
         "case": case,
         "launches": sum(len(c.launches) for c in calls),
+        "blocks": sum(c.blocks for c in calls),
         "aten": sum(len(c.aten) for c in calls),
         "aten kernels": sum(len(c.aten_kernels) for c in calls),
         "sorts": sum(c.sorts for c in calls),
