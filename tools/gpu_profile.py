@@ -24,7 +24,6 @@ On a CPU the same code runs (``--device cpu``: no CUDA kernels, no graphs) as a 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -38,41 +37,12 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tools" / "cuda_emu"))
+
+from cost_table import deterministic, segops_rows  # noqa: E402
 
 EXACT_BY_DEFAULT = {"nms", "batched_nms", "fast_nms", "cluster_seeds", "boundary_patches"}
 ATOMIC_BACKWARD = {"_roi_align_backward", "_roi_pool_backward", "_multilevel_roi_align_backward"}
-IMPLS = ("segops", "segops-padded", "segops-deterministic")
-
-
-@contextlib.contextmanager
-def deterministic(mode):
-    if mode is None:
-        yield
-        return
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(mode)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(prev)
-
-
-def rows(device: torch.device, quick: bool, filters):
-    """(case key, impl, Fn) of every segops row of every benchmark case."""
-    import segops
-    from cases import CASES, Ctx, Fn, resolve_names
-
-    ctx = Ctx(device=device, dtype=torch.float32, quick=quick, deterministic=True,
-              impls=list(IMPLS), segops=segops, torchvision=None)
-    for case in resolve_names(CASES, ctx):
-        if filters and not any(f in case.key for f in filters):
-            continue
-        impls = case.setup(ctx)
-        for name in IMPLS:
-            if name in impls:
-                spec = impls.pop(name)
-                yield case, name, spec if isinstance(spec, Fn) else Fn(call=spec)
-        del impls
 
 
 class Recorder(TorchDispatchMode):
@@ -144,10 +114,13 @@ def profile_call(func, args, kwargs, device, reps: int) -> Dict[str, Any]:
     }
 
 
-def cmd_profile(args) -> List[Dict[str, Any]]:
+def op_calls(args, sync_free_only: bool = False):
+    """(case, impl, func, args, kwargs) of every segops op call the rows make, each yielded
+    under its row's deterministic setting."""
     device = torch.device(args.device)
-    out = []
-    for case, impl, fn in rows(device, args.quick, args.filter):
+    for case, impl, fn in segops_rows(device, args.quick, args.filter):
+        if sync_free_only and impl == "segops" and case.op in EXACT_BY_DEFAULT:
+            continue  # the exact-size form reads its count back, as documented
         call = fn.prepare() if fn.prepare is not None else fn.call
         rec = Recorder()
         with deterministic(fn.deterministic):
@@ -155,18 +128,24 @@ def cmd_profile(args) -> List[Dict[str, Any]]:
                 call()
             sync(device)
             for func, a, k in rec.calls:
-                r = profile_call(func, a, k, device, args.reps)
-                r.update(case=case.key, impl=impl)
-                if r["gpu_us"]:
-                    r["achieved_gbs"] = round(r["in_out_bytes"] / (r["gpu_us"] * 1e3), 1)
-                    r["of_peak"] = round(r["achieved_gbs"] / args.peak_gbs, 3)
-                out.append(r)
-                kern = ", ".join(f"{k} {v}" for k, v in list(r["kernel_us"].items())[:4])
-                print(f"{case.key} [{impl}] {r['op']}: {r['kernels']} kernels, "
-                      f"{r['gpu_us']} us GPU, {r['wall_us']} us wall, "
-                      f"{r.get('achieved_gbs', '-')} GB/s, peak +{r['peak_bytes']} B; {kern}",
-                      flush=True)
+                yield case, impl, func, a, k
         del call
+
+
+def cmd_profile(args) -> List[Dict[str, Any]]:
+    device = torch.device(args.device)
+    out = []
+    for case, impl, func, a, k in op_calls(args):
+        r = profile_call(func, a, k, device, args.reps)
+        r.update(case=case.key, impl=impl)
+        if r["gpu_us"]:
+            r["achieved_gbs"] = round(r["in_out_bytes"] / (r["gpu_us"] * 1e3), 1)
+            r["of_peak"] = round(r["achieved_gbs"] / args.peak_gbs, 3)
+        out.append(r)
+        kern = ", ".join(f"{n} {v}" for n, v in list(r["kernel_us"].items())[:4])
+        print(f"{case.key} [{impl}] {r['op']}: {r['kernels']} kernels, {r['gpu_us']} us GPU, "
+              f"{r['wall_us']} us wall, {r.get('achieved_gbs', '-')} GB/s, "
+              f"peak +{r['peak_bytes']} B; {kern}", flush=True)
     return out
 
 
@@ -227,23 +206,12 @@ def graph_check(func, args, kwargs, device) -> str:
 def cmd_graphs(args) -> List[Dict[str, Any]]:
     device = torch.device(args.device)
     out = []
-    for case, impl, fn in rows(device, args.quick, args.filter):
-        op = case.op
-        if impl == "segops" and op in EXACT_BY_DEFAULT:
-            continue  # the exact-size form reads its count back, as documented
-        call = fn.prepare() if fn.prepare is not None else fn.call
-        rec = Recorder()
-        with deterministic(fn.deterministic):
-            with rec:
-                call()
-            sync(device)
-            for func, a, k in rec.calls:
-                problem = graph_check(func, a, k, device)
-                out.append({"case": case.key, "impl": impl, "op": func._opname,
-                            "ok": problem == "", "problem": problem})
-                print(f"{case.key} [{impl}] {func._opname}: {problem or 'sync-free, graph ok'}",
-                      flush=True)
-        del call
+    for case, impl, func, a, k in op_calls(args, sync_free_only=True):
+        problem = graph_check(func, a, k, device)
+        out.append({"case": case.key, "impl": impl, "op": func._opname, "ok": problem == "",
+                    "problem": problem})
+        print(f"{case.key} [{impl}] {func._opname}: {problem or 'sync-free, graph ok'}",
+              flush=True)
     return out
 
 

@@ -30,7 +30,7 @@ namespace cuda {
 namespace {
 
 constexpr int kBits = 64;
-constexpr int kPlanThreads = 1024;
+constexpr int kPlanThreads = 1024;  // at most: the plan uses a warp per 32 row blocks
 constexpr int kScanThreads = 256;
 constexpr int kThreads = 256;
 // Words of mask per chunk (128 MiB). The CPU emulator (tools/cuda_emu) makes it small (a
@@ -123,17 +123,17 @@ __global__ void greedy_prepare_kernel(const G* boxes, const S* scores, const int
   }
 }
 
-// Exclusive prefix sum over a block of kPlanThreads values in shared memory; returns the
+// Exclusive prefix sum over a block's blockDim.x values in shared memory; returns the
 // total. Every thread of the block must call it.
 __device__ inline int64_t block_exclusive_scan(int64_t* s) {
-  const int t = threadIdx.x;
-  for (int d = 1; d < kPlanThreads; d *= 2) {
+  const int t = threadIdx.x, threads = blockDim.x;
+  for (int d = 1; d < threads; d *= 2) {
     const int64_t v = t >= d ? s[t - d] : 0;
     __syncthreads();
     s[t] += v;
     __syncthreads();
   }
-  const int64_t total = s[kPlanThreads - 1];
+  const int64_t total = s[threads - 1];
   const int64_t mine = t == 0 ? 0 : s[t - 1];
   __syncthreads();
   s[t] = mine;
@@ -149,9 +149,10 @@ __global__ void __launch_bounds__(kPlanThreads)
   __shared__ int64_t seg_sum[kPlanThreads];
   const int64_t rb = words_for(n);
   const int t = threadIdx.x;
-  for (int64_t w = t; w < rb; w += kPlanThreads) removed[w] = 0;
+  const int threads = blockDim.x;
+  for (int64_t w = t; w < rb; w += threads) removed[w] = 0;
   // Thread t owns row blocks [t * per, (t + 1) * per).
-  const int64_t per = (rb + kPlanThreads - 1) / kPlanThreads;
+  const int64_t per = (rb + threads - 1) / threads;
   const int64_t r0 = min_(rb, t * per), r1 = min_(rb, r0 + per);
   int64_t spans = 0, segs = 0;
   for (int64_t r = r0; r < r1; ++r) {
@@ -311,15 +312,6 @@ __global__ void greedy_compact_kernel(const int32_t* flags, const int32_t* incl,
   }
 }
 
-int grid_limit() {
-  int device = 0, sms = 0;
-  cudaGetDevice(&device);
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-      sms <= 0)
-    sms = 1;
-  return sms;
-}
-
 template <typename G, typename S>
 void launch_greedy(const GreedyArgs& a, const void* boxes, const void* scores,
                    const int64_t* order, const int64_t* cls, const int64_t* rank,
@@ -329,9 +321,10 @@ void launch_greedy(const GreedyArgs& a, const void* boxes, const void* scores,
   greedy_prepare_kernel<G, S><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(
       static_cast<const G*>(boxes), static_cast<const S*>(scores), order, cls, n, s.boxes,
       s.valid, s.seg_end);
-  greedy_plan_kernel<<<1, kPlanThreads, 0, stream>>>(cls, s.seg_end, n, s.off, s.seg_base,
+  const int plan_threads = static_cast<int>(min_(int64_t(kPlanThreads), (rb + 31) / 32 * 32));
+  greedy_plan_kernel<<<1, plan_threads, 0, stream>>>(cls, s.seg_end, n, s.off, s.seg_base,
                                                      s.seg_start, s.removed);
-  const int sms = grid_limit();
+  const int sms = multiprocessor_count();
   const int64_t chunks = nms_chunks(n), budget = budget_spans();
   const unsigned mask_grid = static_cast<unsigned>(
       min_(max_(min_(budget, rb * rb), int64_t(1)), int64_t(sms) * 32));

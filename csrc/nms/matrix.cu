@@ -186,15 +186,6 @@ struct MatrixScratch {
   }
 };
 
-int multiprocessors() {
-  int device = 0, sms = 0;
-  cudaGetDevice(&device);
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-      sms <= 0)
-    sms = 1;
-  return sms;
-}
-
 template <typename G, typename T>
 void launch_matrix(const MatrixArgs& m, const uint8_t* masks, const int64_t* src,
                    const int64_t* label, const int64_t* rank, const int64_t* score_label,
@@ -211,7 +202,7 @@ void launch_matrix(const MatrixArgs& m, const uint8_t* masks, const int64_t* src
   // Split the words so that the upper-triangle tiles make about two waves of blocks.
   const int64_t tiles = (n + kTile - 1) / kTile, pairs = tiles * (tiles + 1) / 2;
   const int64_t slices = (words + kSlice - 1) / kSlice;
-  const int64_t split = max_(min_((2 * multiprocessors() + pairs - 1) / pairs, slices),
+  const int64_t split = max_(min_((2 * multiprocessor_count() + pairs - 1) / pairs, slices),
                              int64_t(1));
   const int64_t per_z = (slices + split - 1) / split * kSlice;
   matrix_inter_kernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(tiles),

@@ -46,7 +46,8 @@ def emulator_settings(module) -> None:
 
 
 @contextlib.contextmanager
-def _deterministic(mode):
+def deterministic(mode):
+    """torch.use_deterministic_algorithms(mode) within (None: left alone)."""
     if mode is None:
         yield
         return
@@ -58,28 +59,33 @@ def _deterministic(mode):
         torch.use_deterministic_algorithms(prev)
 
 
-def measure_cases(module, quick: bool, dry_run: bool, filters=()):
-    """Yields (case key, impl, [CallCost], wrapper syncs) for every segops row."""
+def segops_rows(device: torch.device, quick: bool, filters=()):
+    """(case, impl, Fn) of every segops row of every benchmark case (tools/gpu_profile.py
+    uses it too)."""
     import segops
     from cases import CASES, Ctx, Fn, resolve_names
 
-    ctx = Ctx(device=torch.device("cpu"), dtype=torch.float32, quick=quick, deterministic=True,
+    ctx = Ctx(device=device, dtype=torch.float32, quick=quick, deterministic=True,
               impls=list(IMPLS), segops=segops, torchvision=None)
     for case in resolve_names(CASES, ctx):
         if filters and not any(f in case.key for f in filters):
             continue
         impls = case.setup(ctx)
         for name in IMPLS:
-            if name not in impls:
-                continue
-            spec = impls.pop(name)
-            fn = spec if isinstance(spec, Fn) else Fn(call=spec)
-            call = fn.prepare() if fn.prepare is not None else fn.call
-            with _deterministic(fn.deterministic), costs.measure(module, dry_run) as m:
-                call()
-            yield case.key, name, m.calls, m.wrapper_syncs
-            del call
+            if name in impls:
+                spec = impls.pop(name)
+                yield case, name, spec if isinstance(spec, Fn) else Fn(call=spec)
         del impls
+
+
+def measure_cases(module, quick: bool, dry_run: bool, filters=()):
+    """Yields (case key, impl, [CallCost], wrapper syncs) for every segops row."""
+    for case, name, fn in segops_rows(torch.device("cpu"), quick, filters):
+        call = fn.prepare() if fn.prepare is not None else fn.call
+        with deterministic(fn.deterministic), costs.measure(module, dry_run) as m:
+            call()
+        yield case.key, name, m.calls, m.wrapper_syncs
+        del call
 
 
 def main(argv=None) -> int:
