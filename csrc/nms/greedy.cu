@@ -268,7 +268,9 @@ __global__ void __launch_bounds__(kScanThreads)
       if (t == 0) {
         // Settle the block's rows in order: a kept row removes the later rows it overlaps.
         const uint64_t mine = uint64_t(candidates[0]) | uint64_t(candidates[1]) << 32;
-        uint64_t cur = removed[r], kept = 0, cand = mine & ~cur;
+        // Other blocks OR into a boundary word too (their own rows' bits): read it from L2.
+        uint64_t cur = *static_cast<volatile const uint64_t*>(removed + r), kept = 0,
+                 cand = mine & ~cur;
         while (cand != 0) {
           const int b = __ffsll(static_cast<long long>(cand)) - 1;
           kept |= uint64_t(1) << b;
