@@ -6,6 +6,8 @@ a proposal of about the instance's noise radius; optionally 300 [20] false-posit
 speckles (3x3 px blobs with seed 0.88 and offsets pointing at their own centres: each is
 tried as a seed and rejected, the case where the original spends most of its time);
 threshold 0.5 and 0.9 (speckles' seeds are below 0.9, so there they are never tried).
+A large-seed-region scene: 4 [2] instances of 300..500 [40..60] px radius, about half of
+the image seeded, threshold 0.5 (each accepted seed's proposal covers a large region).
 
 Implementations: segops, reference (the original's loop in PyTorch). The instance maps
 must be equal exactly (the reference mirrors segops' portable arithmetic).
@@ -25,8 +27,10 @@ from .registry import Ctx, Fn, nbytes, op_impls, register
 GRID, EXTENT = (1024, 2048), (1.0, 2.0)
 
 
-def scene(h: int, w: int, instances: int, speckles: int, seed: int = 0) -> torch.Tensor:
-    """prediction [4, h, w] (n_sigma = 1): offsets, sigma, seed logit, as float32."""
+def scene(h: int, w: int, instances: int, speckles: int, seed: int = 0,
+          radius=None) -> torch.Tensor:
+    """prediction [4, h, w] (n_sigma = 1): offsets, sigma, seed logit, as float32;
+    instance radii in ``radius`` = (lo, hi) px, else by image size."""
     g = torch.Generator().manual_seed(seed)
     xs = torch.linspace(0, EXTENT[1], GRID[1])[:w]
     ys = torch.linspace(0, EXTENT[0], GRID[0])[:h]
@@ -34,7 +38,7 @@ def scene(h: int, w: int, instances: int, speckles: int, seed: int = 0) -> torch
     pred = torch.zeros(4, h, w)
     pred[2] = 1.0
     pred[3] = -4.0 + 0.5 * torch.randn(h, w, generator=g)
-    r_lo, r_hi = (20, 120) if h >= 512 else (6, 20)
+    r_lo, r_hi = radius or ((20, 120) if h >= 512 else (6, 20))
     noise = 2e-3 * (2048 / GRID[1])  # offset noise, ~2 px
 
     def blob(cy, cx, ry, rx, logit, sigma):
@@ -91,8 +95,32 @@ def _floor(ctx: Ctx, out) -> int:
     return nbytes(((4, h, w), ctx.dtype), out)
 
 
+def _large_sizes(ctx: Ctx):
+    return ((128, 256), 2, (40, 60)) if ctx.quick else ((1024, 2048), 4, (300, 500))
+
+
+def _large_name(ctx: Ctx) -> str:
+    (h, w), k, (lo, hi) = _large_sizes(ctx)
+    return f"{h}x{w} {k} instances of {lo}..{hi} px (large seed regions) thr 0.5"
+
+
+def _large_floor(ctx: Ctx, out) -> int:
+    (h, w), _, _ = _large_sizes(ctx)
+    return nbytes(((4, h, w), ctx.dtype), out)
+
+
+def _large_setup(ctx: Ctx) -> Dict[str, Any]:
+    (h, w), k, radius = _large_sizes(ctx)
+    pred = scene(h, w, k, 0, seed=1, radius=radius).to(ctx.device, ctx.dtype)
+    return {
+        name: Fn(call=lambda fn=fn: fn(pred, 1, 0.5, 0.5, 128, GRID, EXTENT))
+        for name, fn in op_impls(ctx, "cluster_seeds", torchvision=False).items()
+    }
+
+
 def register_cases() -> None:
     for speckles in (False, True):
         for threshold in (0.5, 0.9):
             register("cluster_seeds", _name(speckles, threshold), _setup(speckles, threshold),
                      exact=True, floor=_floor, slow_reference=speckles)
+    register("cluster_seeds", _large_name, _large_setup, exact=True, floor=_large_floor)

@@ -8,7 +8,9 @@ Sizes (``--quick`` in brackets):
   CPU: like every call over 2 s (``run.SINGLE_CALL_S``) it is timed once, its only call
   being the sample (``calls`` 1).
 - ``batched_nms``: 10k [200] such boxes in 80 [8] classes (a box's class is its object's
-  with probability 0.7), IoU threshold 0.5; 3855 are kept.
+  with probability 0.7), IoU threshold 0.5; 3855 are kept. Also 200k [2000] boxes in 80
+  [8] classes: the size at which the CUDA kernels' mask is chunked many times over
+  (docs/cost_model/nms.md).
 - ``fast_nms``: YOLACT's 19248 anchors of a 550x550 image [1023 anchors of 128x128] x 80
   [8] classes, 500 / 5000 / 19000 of them [27 / 266 / 1010] with a class score above
   ``score_threshold`` 0.05 (every other score below it); top_k 200, max_detections 100,
@@ -42,6 +44,7 @@ IOU_THRESHOLD = 0.5  # torchvision's detection models (RPN proposals use 0.7)
 
 NMS_SIZES = ((1000, 100), (10000, 200), (100000, 400))  # (full, --quick) box counts
 BATCHED_SIZE = ((10000, 80), (200, 8))  # (boxes, classes): full, --quick
+BATCHED_LARGE = ((200000, 80), (2000, 8))
 
 FAST_NMS = dict(top_k=200, score_threshold=0.05, max_detections=100)
 FAST_NMS_IMAGE = (550, 128)  # full, --quick: 19248 and 1023 anchors
@@ -96,18 +99,22 @@ def _nms_setup(k: int):
     return setup
 
 
-def _batched_nms_setup(ctx: Ctx) -> Dict[str, Any]:
-    n, c = _pick(ctx, BATCHED_SIZE)
-    boxes, scores, cls = _boxes_and_scores(ctx, n, num_classes=c)
-    impls: Dict[str, Any] = {
-        name: (lambda fn=fn: fn(boxes, scores, cls, IOU_THRESHOLD))
-        for name, fn in op_impls(ctx, "batched_nms").items()
-    }
-    if ctx.wants("segops-padded"):
-        impls["segops-padded"] = Fn(
-            call=lambda: ctx.segops.batched_nms(boxes, scores, cls, IOU_THRESHOLD, max_out=n),
-            output=_unpad_keep)
-    return impls
+def _batched_nms_setup(sizes):
+    def setup(ctx: Ctx) -> Dict[str, Any]:
+        n, c = _pick(ctx, sizes)
+        boxes, scores, cls = _boxes_and_scores(ctx, n, num_classes=c)
+        impls: Dict[str, Any] = {
+            name: (lambda fn=fn: fn(boxes, scores, cls, IOU_THRESHOLD))
+            for name, fn in op_impls(ctx, "batched_nms").items()
+        }
+        if ctx.wants("segops-padded"):
+            impls["segops-padded"] = Fn(
+                call=lambda: ctx.segops.batched_nms(boxes, scores, cls, IOU_THRESHOLD,
+                                                    max_out=n),
+                output=_unpad_keep)
+        return impls
+
+    return setup
 
 
 # ---- fast_nms
@@ -208,12 +215,13 @@ def register_cases() -> None:
         register("nms", lambda ctx, s=sizes: f"N{_pick(ctx, s)} iou{IOU_THRESHOLD}",
                  _nms_setup(k), exact=True, floor=_floor(_boxes_scores(sizes)),
                  slow_reference=k == 2, iou_threshold=IOU_THRESHOLD)
-    register("batched_nms",
-             lambda ctx: "N{} C{} iou{}".format(*_pick(ctx, BATCHED_SIZE), IOU_THRESHOLD),
-             _batched_nms_setup, exact=True,
-             floor=_floor(lambda ctx: (((_pick(ctx, BATCHED_SIZE)[0], 5), ctx.dtype),),
-                          lambda ctx: (((_pick(ctx, BATCHED_SIZE)[0],), torch.int64),)),
-             iou_threshold=IOU_THRESHOLD)
+    for sizes in (BATCHED_SIZE, BATCHED_LARGE):
+        register("batched_nms",
+                 lambda ctx, s=sizes: "N{} C{} iou{}".format(*_pick(ctx, s), IOU_THRESHOLD),
+                 _batched_nms_setup(sizes), exact=True, slow_reference=sizes is BATCHED_LARGE,
+                 floor=_floor(lambda ctx, s=sizes: (((_pick(ctx, s)[0], 5), ctx.dtype),),
+                              lambda ctx, s=sizes: (((_pick(ctx, s)[0],), torch.int64),)),
+                 iou_threshold=IOU_THRESHOLD)
     for k in range(len(FAST_NMS_ABOVE)):
         register("fast_nms", _fast_nms_name(k), _fast_nms_setup(k), exact=True,
                  floor=_floor(_fast_nms_inputs(k)), iou_threshold=IOU_THRESHOLD, **FAST_NMS)

@@ -81,22 +81,31 @@ SEGOPS_HOST_DEVICE bool fast_nms_keep(const BoxColumns<G>& b, int64_t j, G thres
 // exp(-sigma comp_i^2); linear: min_i (1 - iou) / (1 - comp_i), leaving out terms whose
 // denominator is 0. Terms with i >= j are >= 1 in the original and row 0 gives one <= 1, so
 // the minimum over i < j, capped at 1, is the original's.
+// One term of the decay: x = the IoU with a higher-scored mask i (0 across labels),
+// comp_i = i's compensation. False when the term is left out (linear, denominator 0).
+// Terms are never -0 (IoU <= 1 and compensations <= 1), so a minimum over them is the same
+// in any order.
+template <typename G>
+SEGOPS_HOST_DEVICE bool matrix_nms_term(G x, G comp_i, bool gaussian, G sigma, G& term) {
+  if (gaussian) {
+    // the portable exp: glibc's and CUDA's differ in the last ulp
+    term = exp_portable(-sigma * (x * x)) / exp_portable(-sigma * (comp_i * comp_i));
+    return true;
+  }
+  const G den = G(1) - comp_i;
+  if (den == G(0)) return false;
+  term = (G(1) - x) / den;
+  return true;
+}
+
 template <typename G, typename Iou, typename Same>
 SEGOPS_HOST_DEVICE G matrix_nms_decay(int64_t j, const G* comp, bool gaussian, G sigma, Iou&& iou,
                                       Same&& same) {
   G decay = G(1);
   for (int64_t i = 0; i < j; ++i) {
-    const G x = same(i) ? iou(i) : G(0);
     G term;
-    if (gaussian) {
-      // the portable exp: glibc's and CUDA's differ in the last ulp
-      term = exp_portable(-sigma * (x * x)) / exp_portable(-sigma * (comp[i] * comp[i]));
-    } else {
-      const G den = G(1) - comp[i];
-      if (den == G(0)) continue;
-      term = (G(1) - x) / den;
-    }
-    decay = min_(decay, term);
+    if (matrix_nms_term(same(i) ? iou(i) : G(0), comp[i], gaussian, sigma, term))
+      decay = min_(decay, term);
   }
   return decay;
 }

@@ -324,14 +324,14 @@ SEGOPS_HOST_DEVICE void roi_align_bin_scatter(const RoIAlignGeometry<G>& g, int6
 // Gather form of the backward: calls fn(bin, w) for every sample of the RoI that puts
 // weight w = w_y * w_x on pixel (py, px), `bin` = ph * pooled_w + pw, in a fixed order
 // (samples in raster order). A caller that visits RoIs in index order is deterministic.
+// [sy0, sy1) and [sx0, sx1) are the samples that can touch the pixel's row and column
+// (RoIAxis::touching): they depend on the row or the column alone, so callers may compute
+// them once per row / column and share them.
 template <typename G, typename Fn>
 SEGOPS_HOST_DEVICE void roi_align_pixel_weights(const RoIAlignGeometry<G>& g, int64_t py,
-                                                int64_t px, Fn&& fn) {
+                                                int64_t px, int64_t sy0, int64_t sy1,
+                                                int64_t sx0, int64_t sx1, Fn&& fn) {
   if (g.empty) return;
-  int64_t sy0, sy1, sx0, sx1;
-  g.y.touching(py, sy0, sy1);
-  if (sy0 >= sy1) return;
-  g.x.touching(px, sx0, sx1);
   for (int64_t sy = sy0; sy < sy1; ++sy) {
     const Interp1D<G> a = g.y.interp(g.y.pos(sy));
     const G wy = a.weight_at(py);
@@ -344,6 +344,24 @@ SEGOPS_HOST_DEVICE void roi_align_pixel_weights(const RoIAlignGeometry<G>& g, in
       fn(row + sx / g.x.grid, wy * wx);
     }
   }
+}
+
+template <typename G, typename Fn>
+SEGOPS_HOST_DEVICE void roi_align_pixel_weights(const RoIAlignGeometry<G>& g, int64_t py,
+                                                int64_t px, Fn&& fn) {
+  if (g.empty) return;
+  int64_t sy0, sy1, sx0, sx1;
+  g.y.touching(py, sy0, sy1);
+  if (sy0 >= sy1) return;
+  g.x.touching(px, sx0, sx1);
+  roi_align_pixel_weights(g, py, px, sy0, sy1, sx0, sx1, fn);
+}
+
+// Whether a RoI's batch index (rois[k, 0], in the geometry dtype) names an image of the
+// batch: a whole number in [0, batch_size). NaN is not.
+template <typename G>
+SEGOPS_HOST_DEVICE bool valid_batch_index(G b, int64_t batch_size) {
+  return b >= G(0) && b < static_cast<G>(batch_size) && floor_(b) == b;
 }
 
 // The gradient one RoI sends to pixel (py, px) of one channel, given that RoI's output

@@ -126,16 +126,16 @@ SEGOPS_HOST_DEVICE A roi_pool_bin(const T* plane, const RoIPoolGeometry<G>& g, i
 }
 
 // Gather form of the backward for one RoI and channel: the gradient that reaches pixel
-// (py, px) through the bins whose argmax is that pixel, bins in raster order.
+// (py, px) through the bins whose argmax is that pixel, bins in raster order. [b0, b1) and
+// [c0, c1) are the bins whose rows / columns can contain the pixel (rows_containing,
+// cols_containing): they depend on the row or the column alone.
 template <typename T, typename G, typename A = acc_t<T>>
 SEGOPS_HOST_DEVICE A roi_pool_grad_at(const T* grad, const int64_t* argmax,
-                                      const RoIPoolGeometry<G>& g, int64_t py, int64_t px) {
+                                      const RoIPoolGeometry<G>& g, int64_t py, int64_t px,
+                                      int64_t b0, int64_t b1, int64_t c0, int64_t c1) {
   A acc = A(0);
   if (g.batch < 0) return acc;
   const int64_t target = py * g.width + px;
-  int64_t b0, b1, c0, c1;
-  g.bins_containing(py, g.bin_h, g.start_h, g.pooled_h, b0, b1);
-  g.bins_containing(px, g.bin_w, g.start_w, g.pooled_w, c0, c1);
   for (int64_t ph = b0; ph < b1; ++ph) {
     for (int64_t pw = c0; pw < c1; ++pw) {
       const int64_t k = ph * g.pooled_w + pw;
@@ -143,6 +143,27 @@ SEGOPS_HOST_DEVICE A roi_pool_grad_at(const T* grad, const int64_t* argmax,
     }
   }
   return acc;
+}
+
+template <typename G>
+SEGOPS_HOST_DEVICE void rows_containing(const RoIPoolGeometry<G>& g, int64_t py, int64_t& b,
+                                        int64_t& e) {
+  g.bins_containing(py, g.bin_h, g.start_h, g.pooled_h, b, e);
+}
+template <typename G>
+SEGOPS_HOST_DEVICE void cols_containing(const RoIPoolGeometry<G>& g, int64_t px, int64_t& b,
+                                        int64_t& e) {
+  g.bins_containing(px, g.bin_w, g.start_w, g.pooled_w, b, e);
+}
+
+template <typename T, typename G, typename A = acc_t<T>>
+SEGOPS_HOST_DEVICE A roi_pool_grad_at(const T* grad, const int64_t* argmax,
+                                      const RoIPoolGeometry<G>& g, int64_t py, int64_t px) {
+  if (g.batch < 0) return A(0);
+  int64_t b0, b1, c0, c1;
+  rows_containing(g, py, b0, b1);
+  cols_containing(g, px, c0, c1);
+  return roi_pool_grad_at<T, G, A>(grad, argmax, g, py, px, b0, b1, c0, c1);
 }
 
 // Pixels [b, e) along each axis that any bin of the RoI can cover.

@@ -12,5 +12,15 @@ namespace cuda {
 
 enum class Dtype { Float32, Float64, Float16, BFloat16 };
 
+// The current device's multiprocessor count (1 if it cannot be read), for persistent grids.
+inline int multiprocessor_count() {
+  int device = 0, sms = 0;
+  cudaGetDevice(&device);
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      sms <= 0)
+    sms = 1;
+  return sms;
+}
+
 }  // namespace cuda
 }  // namespace segops

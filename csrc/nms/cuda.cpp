@@ -1,18 +1,17 @@
-// Suppression family, CUDA glue. Sorting, gathering and compaction are ATen ops on the
-// device; the kernels (nms_kernel.cu) do the IoU work. Nothing here reads a device value
-// on the host, so every op is free of host synchronisation.
+// Suppression family, CUDA glue. Sorting is ATen's; the kernels (greedy.cu, kernels.cu) do
+// the rest. Nothing here reads a device value on the host, so every op is free of host
+// synchronisation.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/all.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/clamp_max.h>
+#include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/floor_divide.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/isfinite.h>
-#include <ATen/ops/isnan.h>
 #include <ATen/ops/max.h>
-#include <ATen/ops/searchsorted.h>
 #include <ATen/ops/sort.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
@@ -20,6 +19,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include <limits>
+#include <tuple>
 
 #include "nms/checks.h"
 #include "core/cuda_glue.h"
@@ -59,35 +61,40 @@ std::tuple<at::Tensor, at::Tensor> batched_nms_cuda(const at::Tensor& boxes,
   const auto longs = boxes.options().dtype(at::kLong);
   if (n == 0 || capacity == 0)
     return {at::full({capacity}, -1, longs), at::zeros({}, longs)};
-  const at::Tensor b = boxes.to(compute_dtype(boxes.scalar_type()));
-  const at::Tensor present = at::isfinite(b).all(1).logical_and(at::isnan(scores).logical_not());
-  // Global order: score descending, ties by index. Processing order: class-major within it.
-  const at::Tensor by_score = stable_order(scores, true);
-  at::Tensor order = by_score;
-  at::Tensor cls_sorted = at::zeros({n}, longs);
+  TORCH_CHECK_VALUE(n <= std::numeric_limits<int32_t>::max(), op,
+                    ": `boxes` may hold at most 2**31 - 1 boxes on CUDA, got ", n);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor b = boxes.to(compute_dtype(boxes.scalar_type())).contiguous();
+  const at::Tensor sc = scores.contiguous();
+  // Score order (descending, ties by index); processing order: class-major within it, the
+  // class sort's permutation `by_class` being each position's score rank.
+  const at::Tensor by_score = stable_order(sc, true);
+  at::Tensor order = by_score, cls_sorted, by_class;
   if (idxs.has_value()) {
     const at::Tensor cls = idxs->to(at::kLong).index_select(0, by_score);
-    const at::Tensor by_class = stable_order(cls, false);
+    std::tie(cls_sorted, by_class) = at::sort(cls, /*stable=*/true, 0, /*descending=*/false);
     order = by_score.index_select(0, by_class);
-    cls_sorted = cls.index_select(0, by_class);
   }
-  const at::Tensor seg_end = at::searchsorted(cls_sorted, cls_sorted, /*out_int32=*/false,
-                                              /*right=*/true);
-  const at::Tensor sorted_boxes = b.index_select(0, order).contiguous();
-  const at::Tensor valid = present.index_select(0, order).to(at::kByte).contiguous();
-  const int64_t words = cuda::nms_words(n);
-  at::Tensor mask = at::empty({cuda::nms_chunk_rows(n) * words}, longs);
-  at::Tensor removed = at::zeros({words}, longs);
-  at::Tensor keep = at::zeros({n}, boxes.options().dtype(at::kByte));
-  C10_CUDA_CHECK(cuda::nms_sorted(
-      b.scalar_type() == at::kDouble, sorted_boxes.const_data_ptr(),
-      seg_end.const_data_ptr<int64_t>(), valid.const_data_ptr<uint8_t>(), n, iou_threshold,
-      reinterpret_cast<uint64_t*>(mask.mutable_data_ptr<int64_t>()),
-      reinterpret_cast<uint64_t*>(removed.mutable_data_ptr<int64_t>()),
-      keep.mutable_data_ptr<uint8_t>(), c10::cuda::getCurrentCUDAStream()));
-  // Back to the global score order (through the inverse permutation), then compact.
-  const at::Tensor kept = keep.to(at::kBool).index_select(0, stable_order(order, false));
-  return compact(kept.index_select(0, by_score), by_score, capacity);
+  const cuda::GreedyArgs a{n, iou_threshold, b.scalar_type() == at::kDouble, cuda_dtype(sc)};
+  at::Tensor scratch = at::empty({cuda::greedy_scratch_bytes(a.f64, n)},
+                                 boxes.options().dtype(at::kByte));
+  at::Tensor flags = at::empty({n}, boxes.options().dtype(at::kInt));
+  C10_CUDA_CHECK(cuda::greedy_keep_flags(
+      a, b.const_data_ptr(), sc.const_data_ptr(), order.const_data_ptr<int64_t>(),
+      idxs.has_value() ? cls_sorted.const_data_ptr<int64_t>() : nullptr,
+      idxs.has_value() ? by_class.const_data_ptr<int64_t>() : nullptr,
+      scratch.mutable_data_ptr(), flags.mutable_data_ptr<int32_t>(), stream));
+  scratch.reset();
+  // Output slots of the kept boxes, in score order.
+  const at::Tensor incl = at::cumsum(flags, 0, at::kInt);
+  at::Tensor keep = at::empty({capacity}, longs);
+  at::Tensor count = at::empty({}, longs);
+  C10_CUDA_CHECK(cuda::greedy_compact(flags.const_data_ptr<int32_t>(),
+                                      incl.const_data_ptr<int32_t>(),
+                                      by_score.const_data_ptr<int64_t>(), n, capacity,
+                                      keep.mutable_data_ptr<int64_t>(),
+                                      count.mutable_data_ptr<int64_t>(), stream));
+  return {keep, count};
 }
 
 std::tuple<at::Tensor, at::Tensor> nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
@@ -179,21 +186,25 @@ at::Tensor matrix_nms_cuda(const at::Tensor& masks, const at::Tensor& labels,
   const c10::cuda::CUDAGuard guard(masks.device());
   const int64_t n = masks.size(0), p = masks.size(1) * masks.size(2);
   if (n == 0) return at::empty({0}, scores.options());
-  const bool f64 = scores.scalar_type() == at::kDouble;
-  const at::Tensor order = stable_order(scores, true);
-  const at::Tensor m = masks.index_select(0, order).ne(0).to(at::kByte).reshape({n, p}).contiguous();
-  const at::Tensor lab = labels.to(at::kLong).index_select(0, order).contiguous();
-  at::Tensor scratch = at::empty({std::max<int64_t>(cuda::matrix_nms_scratch_bytes(f64, n, p), 1)},
-                                 masks.options().dtype(at::kByte));
-  const auto g = f64 ? at::kDouble : at::kFloat;
-  at::Tensor decay = at::empty({n}, scores.options().dtype(g));
-  C10_CUDA_CHECK(cuda::matrix_nms_decay(f64, m.const_data_ptr<uint8_t>(),
-                                        lab.const_data_ptr<int64_t>(), n, p, gaussian, sigma,
-                                        scratch.mutable_data_ptr(), decay.mutable_data_ptr(),
-                                        c10::cuda::getCurrentCUDAStream()));
-  // score * decay in the IoU dtype, back to the input order.
-  const at::Tensor updated = scores.index_select(0, order).to(g).mul(decay).to(scores.scalar_type());
-  return updated.index_select(0, stable_order(order, false));
+  const at::Tensor sc = scores.contiguous();
+  // Score order; then label-major rows (stable: by score within a label).
+  const at::Tensor order = stable_order(sc, true);
+  const at::Tensor score_label = labels.to(at::kLong).index_select(0, order);
+  const auto [label, rank] = at::sort(score_label, /*stable=*/true, 0, /*descending=*/false);
+  const at::Tensor src = order.index_select(0, rank);
+  const at::Tensor m = (masks.scalar_type() == at::kBool ? masks : masks.ne(0)).contiguous();
+  const cuda::MatrixArgs a{n, p, gaussian, sigma, cuda_dtype(sc)};
+  at::Tensor scratch = at::empty(
+      {cuda::matrix_nms_scratch_bytes(sc.scalar_type() == at::kDouble, n, p)},
+      masks.options().dtype(at::kByte));
+  at::Tensor out = at::empty({n}, sc.options());
+  C10_CUDA_CHECK(cuda::matrix_nms(
+      a, static_cast<const uint8_t*>(m.const_data_ptr()), src.const_data_ptr<int64_t>(),
+      label.const_data_ptr<int64_t>(), rank.const_data_ptr<int64_t>(),
+      score_label.const_data_ptr<int64_t>(), order.const_data_ptr<int64_t>(),
+      sc.const_data_ptr(), scratch.mutable_data_ptr(), out.mutable_data_ptr(),
+      c10::cuda::getCurrentCUDAStream()));
+  return out;
 }
 
 }  // namespace

@@ -47,10 +47,11 @@ inline void check_patch_boxes(const char* op, const at::Tensor& masks, const at:
   check_same_device(masks, instance_index, op, "masks", "instance_index");
 }
 
-// Every entry of `index` in [0, n) (one read back on CUDA; skipped while capturing).
+// Every entry of `index` in [0, n) (the CPU's check: one read back; the CUDA glue asserts
+// on the device instead, core/index_check.h).
 void check_index_range(const at::Tensor& index, int64_t n, const char* op, const char* name);
 
-// check_index_range, or nothing where reading back is not allowed (CUDA-graph capture).
+// check_index_range on the CPU, a device-side check on CUDA.
 using IndexRangeCheck = void (*)(const at::Tensor&, int64_t, const char*, const char*);
 
 inline void check_crop_patches(const at::Tensor& images, const at::Tensor& masks,

@@ -2,8 +2,8 @@
 // stable sort per instance) and the per-instance patch lists (a stable sort and
 // searchsorted) come from the device, so the
 // padded extraction (max_out) and reassembly launch without reading anything back; the
-// unpadded extraction reads its total back to size the result, and index arguments are
-// range-checked with one read back outside CUDA-graph capture.
+// unpadded extraction reads its total back to size the result. Index arguments are
+// range-checked on the device (core/index_check.h: a device-side assertion).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/clamp_max.h>
@@ -18,7 +18,6 @@
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -27,15 +26,17 @@
 
 #include "patches/checks.h"
 #include "core/cuda_glue.h"
+#include "core/index_check.h"
 #include "patches/launch.h"
 
 namespace segops {
 namespace {
 
-void check_index_range_cuda(const at::Tensor& index, int64_t n, const char* op,
-                            const char* name) {
-  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None)
-    check_index_range(index, n, op, name);
+// Every index in [0, n), asserted on the device (the CPU raises a ValueError instead).
+void check_index_range_cuda(const at::Tensor& index, int64_t n, const char*, const char*) {
+  const at::Tensor i = index.contiguous();
+  C10_CUDA_CHECK(cuda::assert_indices_in_range(i.const_data_ptr<int64_t>(), i.numel(), n,
+                                               c10::cuda::getCurrentCUDAStream()));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> boundary_patches_cuda(

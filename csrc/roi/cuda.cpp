@@ -1,14 +1,16 @@
-// RoI family, CUDA glue: checks, allocation, stream, launch (kernels in roi_kernel.cu and
-// roi_multilevel_kernel.cu).
+// RoI family, CUDA glue: checks, allocation, stream, launch (kernels in kernels.cu and
+// multilevel_kernels.cu). Nothing is read back: batch indices are checked by the kernels
+// that read them, with a device-side assertion (docs/ops/roi.md), where the CPU raises
+// a ValueError at once.
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -27,11 +29,15 @@ cuda::RoIArgs roi_args(int64_t n, int64_t c, int64_t h, int64_t w, const at::Ten
   return cuda::RoIArgs{n, c, h, w, rois.size(0), ph, pw, scale, sr, aligned};
 }
 
-// Batch indices are validated with one read back, except while a CUDA graph is being
-// captured (no host sync is allowed there; kernels then treat bad indices as empty RoIs).
-void check_batch_indices_cuda(const at::Tensor& rois, int64_t batch_size, const char* op) {
-  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None)
-    check_batch_indices(rois, batch_size, op);
+// A call with nothing to compute still has its batch indices checked on the device, as
+// every other call is by the kernels that read them.
+void check_batch_indices_only(const at::Tensor& rois, int64_t batch_size,
+                              at::ScalarType input_type) {
+  if (rois.size(0) == 0) return;
+  const at::Tensor r = rois_for_geometry(rois, input_type);
+  C10_CUDA_CHECK(cuda::roi_check_batch_indices(r.scalar_type() == at::kDouble,
+                                               r.const_data_ptr(), r.size(0), batch_size,
+                                               c10::cuda::getCurrentCUDAStream()));
 }
 
 at::Tensor scratch(const at::Tensor& like, int64_t bytes) {
@@ -51,9 +57,12 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& roi
   check_roi_align(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio);
   const c10::cuda::CUDAGuard guard(input.device());
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
-  check_batch_indices_cuda(rois, N, "roi_align");
-  at::Tensor out = at::zeros({rois.size(0), C, pooled_h, pooled_w}, input.options());
-  if (out.numel() == 0 || H == 0 || W == 0) return out;
+  const std::vector<int64_t> shape = {rois.size(0), C, pooled_h, pooled_w};
+  if (c10::multiply_integers(shape) == 0 || H == 0 || W == 0) {
+    check_batch_indices_only(rois, N, input.scalar_type());
+    return at::zeros(shape, input.options());
+  }
+  at::Tensor out = at::empty(shape, input.options());  // the kernel writes every element
   const at::Tensor x = input.contiguous();
   const at::Tensor r = rois_for_geometry(rois, input.scalar_type());
   const auto a = roi_args(N, C, H, W, r, pooled_h, pooled_w, spatial_scale, sampling_ratio,
@@ -74,12 +83,14 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
                      batch_size, channels, height, width);
   check_sampling_ratio(sampling_ratio, "_roi_align_backward");
   const c10::cuda::CUDAGuard guard(grad.device());
-  check_batch_indices_cuda(rois, batch_size, "_roi_align_backward");
   const int64_t K = rois.size(0);
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   const bool empty = K == 0 || batch_size * channels * height * width == 0 ||
                      pooled_h * pooled_w == 0;
-  if (empty) return at::zeros({batch_size, channels, height, width}, grad.options());
+  if (empty) {
+    check_batch_indices_only(rois, batch_size, grad.scalar_type());
+    return at::zeros({batch_size, channels, height, width}, grad.options());
+  }
   const at::Tensor g = grad.contiguous();
   const at::Tensor r = rois_for_geometry(rois, grad.scalar_type());
   const auto a = roi_args(batch_size, channels, height, width, r, pooled_h, pooled_w,
@@ -113,11 +124,13 @@ at::Tensor multilevel_roi_align_forward_cuda(at::TensorList features, const at::
       check_multilevel_forward(op, features, rois, spatial_scales, pooled_h, pooled_w,
                                sampling_ratio, aligned, level_areas, all_levels);
   const c10::cuda::CUDAGuard guard(features[0].device());
-  check_batch_indices_cuda(rois, p.batch, op);
   std::vector<int64_t> shape = {p.rois, p.channels, pooled_h, pooled_w};
   if (all_levels) shape.insert(shape.begin(), p.levels);
-  at::Tensor out = at::zeros(shape, features[0].options());
-  if (out.numel() == 0 || !p.any_pixels()) return out;
+  if (c10::multiply_integers(shape) == 0 || !p.any_pixels()) {
+    check_batch_indices_only(rois, p.batch, features[0].scalar_type());
+    return at::zeros(shape, features[0].options());
+  }
+  at::Tensor out = at::empty(shape, features[0].options());  // every element is written
   std::vector<at::Tensor> xs;
   cuda::RoILevelInputs in{};
   for (int64_t l = 0; l < p.levels; ++l) {
@@ -143,11 +156,11 @@ std::vector<at::Tensor> multilevel_roi_align_backward_cuda(
       op, grad, rois, spatial_scales, pooled_h, pooled_w, batch_size, channels, heights, widths,
       sampling_ratio, aligned, level_areas, all_levels);
   const c10::cuda::CUDAGuard guard(grad.device());
-  check_batch_indices_cuda(rois, batch_size, op);
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   std::vector<at::Tensor> out;
   if (p.slots() == 0 || batch_size * channels == 0 || pooled_h * pooled_w == 0 ||
       !p.any_pixels()) {
+    check_batch_indices_only(rois, batch_size, grad.scalar_type());
     for (int64_t l = 0; l < p.levels; ++l)
       out.push_back(at::zeros({batch_size, channels, p.height[l], p.width[l]}, grad.options()));
     return out;
@@ -187,11 +200,15 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input
   check_roi_forward("roi_pool", input, rois, spatial_scale, pooled_h, pooled_w);
   const c10::cuda::CUDAGuard guard(input.device());
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
-  check_batch_indices_cuda(rois, N, "roi_pool");
   const int64_t K = rois.size(0);
-  at::Tensor out = at::zeros({K, C, pooled_h, pooled_w}, input.options());
-  at::Tensor argmax = at::full({K, C, pooled_h, pooled_w}, -1, input.options().dtype(at::kLong));
-  if (out.numel() == 0) return {out, argmax};
+  if (K * C * pooled_h * pooled_w == 0) {
+    check_batch_indices_only(rois, N, input.scalar_type());
+    return {at::zeros({K, C, pooled_h, pooled_w}, input.options()),
+            at::full({K, C, pooled_h, pooled_w}, -1, input.options().dtype(at::kLong))};
+  }
+  // The kernel writes every element of both.
+  at::Tensor out = at::empty({K, C, pooled_h, pooled_w}, input.options());
+  at::Tensor argmax = at::empty({K, C, pooled_h, pooled_w}, input.options().dtype(at::kLong));
   const at::Tensor x = input.contiguous();
   const at::Tensor r = rois_for_geometry(rois, input.scalar_type());
   const auto a = roi_args(N, C, H, W, r, pooled_h, pooled_w, spatial_scale);
@@ -210,11 +227,13 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois
                      batch_size, channels, height, width);
   check_argmax("_roi_pool_backward", grad, argmax);
   const c10::cuda::CUDAGuard guard(grad.device());
-  check_batch_indices_cuda(rois, batch_size, "_roi_pool_backward");
   const int64_t K = rois.size(0);
   const bool empty = K == 0 || batch_size * channels * height * width == 0 ||
                      pooled_h * pooled_w == 0;
-  if (empty) return at::zeros({batch_size, channels, height, width}, grad.options());
+  if (empty) {
+    check_batch_indices_only(rois, batch_size, grad.scalar_type());
+    return at::zeros({batch_size, channels, height, width}, grad.options());
+  }
   const at::Tensor g = grad.contiguous();
   const at::Tensor am = argmax.contiguous();
   const at::Tensor r = rois_for_geometry(rois, grad.scalar_type());

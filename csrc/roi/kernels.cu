@@ -1,19 +1,24 @@
 // RoI family CUDA kernels (torch-free): roi_align and roi_pool, forward and backward
-// (multilevel_roi_align: roi_multilevel_kernel.cu; shared pieces: roi_gather.cuh).
+// (multilevel_roi_align: multilevel_kernels.cu; shared pieces: gather.cuh). The cost model
+// is docs/cost_model/roi.md.
 //
 // Per-element math comes from csrc/common, the same functions the CPU kernels call.
 // Backward has two forms:
 //  * atomic: one thread per output-gradient element scatters into a float/double
 //    accumulator (half types never accumulate in half);
-//  * gather (deterministic mode): one thread per input pixel and channel group sums, in
-//    RoI index order, what each RoI sends it. RoIs are culled per 32x8 tile with an
-//    order-preserving block compaction, so a pixel only visits RoIs whose footprint
-//    meets its tile. No float atomics; bit-identical to the CPU's deterministic mode.
+//  * gather (deterministic mode): a block per 8x4-pixel tile, image and 64-channel slab;
+//    each thread owns one pixel and 8 channels and sums, in RoI index order, what each RoI
+//    sends it. RoIs are culled per tile with an order-preserving block compaction, and the
+//    samples that touch each tile row and column are found once per RoI and tile (not per
+//    pixel and channel group). No float atomics; bit-identical to the CPU's deterministic
+//    mode.
+// Every kernel that reads rois[:, 0] asserts, on the device, that it names an image of the
+// batch; the glue does not read the indices back.
 #include "common/roi_align.h"
 #include "common/roi_pool.h"
 #include "core/half.cuh"
-#include "roi/launch.h"
 #include "roi/gather.cuh"
+#include "roi/launch.h"
 
 namespace segops {
 namespace cuda {
@@ -26,6 +31,7 @@ __global__ void roi_align_geometry_kernel(const G* rois, RoIArgs a, RoIAlignGeom
                                           Footprint* fps) {
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < a.rois;
        k += int64_t(gridDim.x) * blockDim.x) {
+    assert_batch_index(rois + k * 5, a.batch);
     const RoIAlignGeometry<G> g = roi_align_geometry<G>(
         rois + k * 5, static_cast<G>(a.spatial_scale), a.pooled_h, a.pooled_w,
         a.sampling_ratio, a.aligned, a.batch, a.height, a.width);
@@ -86,6 +92,7 @@ __global__ void roi_pool_geometry_kernel(const G* rois, RoIArgs a, RoIPoolGeomet
                                          Footprint* fps) {
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < a.rois;
        k += int64_t(gridDim.x) * blockDim.x) {
+    assert_batch_index(rois + k * 5, a.batch);
     const RoIPoolGeometry<G> g = roi_pool_geometry_at(rois, a, k);
     geoms[k] = g;
     Footprint f;
@@ -104,6 +111,7 @@ __global__ void roi_pool_forward_kernel(const T* input, const G* rois, RoIArgs a
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t pw = i % a.pooled_w, ph = i / a.pooled_w % a.pooled_h;
     const int64_t c = i / bins % a.channels, k = i / bins / a.channels;
+    assert_batch_index(rois + k * 5, a.batch);
     const RoIPoolGeometry<G> g = roi_pool_geometry_at(rois, a, k);
     int64_t am = -1;
     acc_t<T> v = acc_t<T>(0);
@@ -127,6 +135,7 @@ __global__ void roi_pool_backward_atomic_kernel(const T* grad, const int64_t* ar
     const int64_t idx = argmax[i];
     if (idx < 0 || idx >= plane) continue;
     const int64_t c = i / bins % a.channels, k = i / bins / a.channels;
+    assert_batch_index(rois + k * 5, a.batch);
     const int64_t n = roi_pool_geometry_at(rois, a, k).batch;
     if (n < 0) continue;
     atomicAdd(acc + (n * a.channels + c) * plane + idx, static_cast<A>(grad[i]));
@@ -135,66 +144,56 @@ __global__ void roi_pool_backward_atomic_kernel(const T* grad, const int64_t* ar
 
 template <typename T, typename G>
 struct RoIPoolGather {
+  using Geom = RoIPoolGeometry<G>;
   const T* grad;
   const int64_t* argmax;
   int64_t channels, bins;
-  __device__ void operator()(const RoIPoolGeometry<G>& g, int64_t r, int64_t c0, int nc,
-                             int64_t py, int64_t px, acc_t<T>* acc) const {
+  __device__ AxisRange rows(const Geom& g, int64_t py) const {
+    AxisRange r{0, 0};
+    if (g.batch >= 0) rows_containing(g, py, r.b, r.e);
+    return r;
+  }
+  __device__ AxisRange cols(const Geom& g, int64_t px) const {
+    AxisRange r{0, 0};
+    if (g.batch >= 0) cols_containing(g, px, r.b, r.e);
+    return r;
+  }
+  __device__ void operator()(const Geom& g, int64_t r, int64_t c0, int nc, int64_t py,
+                             int64_t px, AxisRange ys, AxisRange xs, acc_t<T>* acc) const {
 #pragma unroll
     for (int cc = 0; cc < kChannelGroup; ++cc) {
-      if (cc >= nc) break;
-      const int64_t o = (r * channels + c0 + cc) * bins;
-      acc[cc] += roi_pool_grad_at<T, G>(grad + o, argmax + o, g, py, px);
+      if (cc < nc) {
+        const int64_t o = (r * channels + c0 + cc) * bins;
+        acc[cc] += roi_pool_grad_at<T, G>(grad + o, argmax + o, g, py, px, ys.b, ys.e, xs.b,
+                                          xs.e);
+      }
     }
   }
 };
 
 // ---------------------------------------------------------------- deterministic gather
 
-// One block per (tile, image, channel group); each thread owns one pixel of the tile and
-// kChannelGroup channels, and adds the RoIs' contributions in RoI index order.
+// One block per (tile, image, channel slab) job (gather.cuh's gather_tile).
 template <typename T, typename Geom, typename Op>
-__global__ void __launch_bounds__(kThreads)
-    gather_backward_kernel(const Geom* geoms, const Footprint* fps, RoIArgs a, Op op, T* out) {
-  using A = acc_t<T>;
-  __shared__ int list[kThreads];
-  __shared__ int warp_counts[kWarps];
-  const int64_t tiles_x = (a.width + kTileW - 1) / kTileW;
-  const int64_t tiles = tiles_x * ((a.height + kTileH - 1) / kTileH);
-  const int64_t groups = (a.channels + kChannelGroup - 1) / kChannelGroup;
-  const int64_t jobs = tiles * a.batch * groups;
+// No __launch_bounds__: with it ptxas caps the registers low enough to spill (sm_90).
+__global__ void gather_backward_kernel(const Geom* geoms, const Footprint* fps, RoIArgs a, Op op, T* out) {
+  __shared__ GatherShared<Geom> sh;
+  const int64_t jobs = tile_jobs(a.batch, a.channels, a.height, a.width);
   for (int64_t job = blockIdx.x; job < jobs; job += gridDim.x) {
-    const int64_t tile = job % tiles, ng = job / tiles;
-    const int64_t n = ng / groups, c0 = ng % groups * kChannelGroup;
-    const int nc = static_cast<int>(min_(int64_t(kChannelGroup), a.channels - c0));
-    const int64_t ty0 = tile / tiles_x * kTileH, tx0 = tile % tiles_x * kTileW;
-    const int64_t py = ty0 + threadIdx.y, px = tx0 + threadIdx.x;
-    const bool inside = py < a.height && px < a.width;
-    A acc[kChannelGroup];
-#pragma unroll
-    for (int cc = 0; cc < kChannelGroup; ++cc) acc[cc] = A(0);
-    for (int64_t base = 0; base < a.rois; base += kThreads) {
-      const int count = compact_rois(fps, a.rois, base, n, ty0, tx0, list, warp_counts);
-      if (inside)
-        for (int j = 0; j < count; ++j) {
-          const int64_t r = list[j];
-          op(geoms[r], r, c0, nc, py, px, acc);
-        }
-      __syncthreads();  // list is rewritten by the next compaction
-    }
-    if (inside)
-      for (int cc = 0; cc < nc; ++cc)
-        out[((n * a.channels + c0 + cc) * a.height + py) * a.width + px] =
-            static_cast<T>(acc[cc]);
+    const TileJob j = tile_job(job, a.batch, a.channels, a.height, a.width);
+    gather_tile<T, Geom, Op>(geoms, fps, 0, a.rois, j.n, j.n, a.channels, a.height, a.width,
+                             j.c_slab, j.ty0, j.tx0, op, out, sh);
   }
 }
 
 unsigned int gather_blocks(const RoIArgs& a) {
-  const int64_t tiles =
-      ((a.width + kTileW - 1) / kTileW) * ((a.height + kTileH - 1) / kTileH);
-  const int64_t groups = (a.channels + kChannelGroup - 1) / kChannelGroup;
-  const int64_t jobs = tiles * a.batch * groups;
-  return static_cast<unsigned int>(jobs < 1 ? 1 : (jobs > (1 << 20) ? (1 << 20) : jobs));
+  return grid_for_jobs(tile_jobs(a.batch, a.channels, a.height, a.width));
+}
+
+// The batch index check alone, for calls with nothing else to compute.
+template <typename G>
+__global__ void check_batch_kernel(const G* rois, int64_t K, int64_t batch) {
+  SEGOPS_GRID_STRIDE(k, K) { assert_batch_index(rois + k * 5, batch); }
 }
 
 }  // namespace
@@ -263,7 +262,7 @@ cudaError_t roi_align_backward_gather(Dtype dtype, const RoIArgs& a, const void*
     const RoIAlignGather<T, G> op{static_cast<const T*>(grad), a.channels,
                                   a.pooled_h * a.pooled_w};
     gather_backward_kernel<T, Geom, RoIAlignGather<T, G>>
-        <<<gather_blocks(a), dim3(kTileW, kTileH), 0, stream>>>(
+        <<<gather_blocks(a), gather_block(), 0, stream>>>(
             geometry_of<Geom>(scratch), footprints_of<Geom>(scratch, a.rois), a, op,
             static_cast<T*>(grad_input));
   });
@@ -307,10 +306,23 @@ cudaError_t roi_pool_backward_gather(Dtype dtype, const RoIArgs& a, const void* 
     const RoIPoolGather<T, G> op{static_cast<const T*>(grad), argmax, a.channels,
                                  a.pooled_h * a.pooled_w};
     gather_backward_kernel<T, Geom, RoIPoolGather<T, G>>
-        <<<gather_blocks(a), dim3(kTileW, kTileH), 0, stream>>>(
+        <<<gather_blocks(a), gather_block(), 0, stream>>>(
             geometry_of<Geom>(scratch), footprints_of<Geom>(scratch, a.rois), a, op,
             static_cast<T*>(grad_input));
   });
+}
+
+cudaError_t roi_check_batch_indices(bool f64, const void* rois, int64_t K, int64_t batch,
+                                    cudaStream_t stream) {
+  if (K > 0) {
+    if (f64)
+      check_batch_kernel<double><<<blocks_for(K, kThreads), kThreads, 0, stream>>>(
+          static_cast<const double*>(rois), K, batch);
+    else
+      check_batch_kernel<float><<<blocks_for(K, kThreads), kThreads, 0, stream>>>(
+          static_cast<const float*>(rois), K, batch);
+  }
+  return cudaGetLastError();
 }
 
 }  // namespace cuda

@@ -18,6 +18,12 @@ struct RoIArgs {
   bool aligned;            // roi_align only
 };
 
+// Every kernel that reads rois[:, 0] asserts on the device that it is a whole number in
+// [0, batch) (core/device_assert.cuh). This launches that check alone, for calls that have
+// nothing else to compute (an empty output); `f64`: rois are double, else float.
+cudaError_t roi_check_batch_indices(bool f64, const void* rois, int64_t K, int64_t batch,
+                                    cudaStream_t stream);
+
 int64_t roi_align_scratch_bytes(Dtype dtype, int64_t rois);
 int64_t roi_pool_scratch_bytes(Dtype dtype, int64_t rois);
 
@@ -40,7 +46,7 @@ cudaError_t roi_pool_backward_gather(Dtype dtype, const RoIArgs& a, const void* 
                                      const int64_t* argmax, const void* rois, void* scratch,
                                      void* grad_input, cudaStream_t stream);
 
-// multilevel_roi_align (roi_multilevel_kernel.cu): one pointer per level, to the features
+// multilevel_roi_align (multilevel_kernels.cu): one pointer per level, to the features
 // or to the per-level gradients (backward "acc": accumulation dtype, zeroed by the caller;
 // gather: the input dtype). Output and grad are [p.slots(), C, pooled_h, pooled_w].
 struct RoILevelInputs {

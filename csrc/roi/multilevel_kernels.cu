@@ -7,16 +7,18 @@
 //  * backward, atomic: one thread per output-gradient element scatters into its level's
 //    float/double accumulator;
 //  * backward, gather (deterministic mode): one block per (level, tile, image, channel
-//    group); each pixel sums, in slot order, what the slots of its level send it. Footprints
-//    are keyed by level * N + image so that roi_gather.cuh's compaction culls by both.
+//    slab); each pixel sums, in slot order, what the slots of its level send it. Footprints
+//    are keyed by level * N + image so that gather.cuh's compaction culls by both.
 //    Bit-identical to the CPU's deterministic mode, which sums the same terms in the same
 //    order.
-// Every level decision and geometry comes from the functions the CPU kernels call.
+// Every level decision and geometry comes from the functions the CPU kernels call. The
+// per-level pointers and sizes travel by value and are read with gather.cuh's select (an
+// indexed read of a parameter array would copy it to local memory).
 #include "common/roi_align.h"
 #include "common/roi_levels.h"
 #include "core/half.cuh"
-#include "roi/launch.h"
 #include "roi/gather.cuh"
+#include "roi/launch.h"
 
 namespace segops {
 namespace cuda {
@@ -38,6 +40,7 @@ __global__ void multilevel_geometry_kernel(const G* rois, MultiLevelRoIAlign p,
                                            int64_t* levels) {
   const int64_t slots = p.slots();
   SEGOPS_GRID_STRIDE(s, slots) {
+    assert_batch_index(rois + (p.all_levels ? s % p.rois : s) * 5, p.batch);
     int64_t level;
     const RoIAlignGeometry<G> g = p.geometry<G>(rois, s, level);
     geoms[s] = g;
@@ -62,9 +65,8 @@ __global__ void multilevel_forward_kernel(RoILevelInputs input,
     const RoIAlignGeometry<G> g = geoms[s];
     acc_t<T> v = acc_t<T>(0);
     if (!g.empty) {
-      const int64_t l = levels[s];
-      const T* plane = static_cast<const T*>(input.p[l]) +
-                       (g.batch * p.channels + c) * p.height[l] * p.width[l];
+      const T* plane = static_cast<const T*>(select(input.p, levels[s])) +
+                       (g.batch * p.channels + c) * g.y.size * g.x.size;
       v = roi_align_bin<T, G>(plane, g, ph, pw);
     }
     out[i] = static_cast<T>(v);
@@ -84,70 +86,41 @@ __global__ void multilevel_backward_atomic_kernel(const T* grad,
     const int64_t c = i / bins % p.channels, s = i / bins / p.channels;
     const RoIAlignGeometry<G> g = geoms[s];
     if (g.empty) continue;
-    const int64_t l = levels[s];
-    A* plane = static_cast<A*>(acc.p[l]) + (g.batch * p.channels + c) * p.height[l] * p.width[l];
+    A* plane = static_cast<A*>(select(acc.p, levels[s])) +
+               (g.batch * p.channels + c) * g.y.size * g.x.size;
     roi_align_bin_scatter(g, ph, pw, static_cast<A>(grad[i]),
                           [&](int64_t off, A v) { atomicAdd(plane + off, v); });
   }
 }
 
-// One block per (level, tile, image, channel group) job; each thread owns one pixel of the
-// tile and kChannelGroup channels, and adds the contributions of its level's slots in slot
-// order (gather_backward_kernel of roi_kernel.cu, over every level at once).
+// One block per (level, tile, image, channel slab) job: gather.cuh's gather_tile over the
+// slots of the job's level.
 template <typename T, typename G>
-__global__ void __launch_bounds__(kThreads)
-    multilevel_gather_kernel(const RoIAlignGeometry<G>* geoms, const Footprint* fps,
+// No __launch_bounds__: with it ptxas caps the registers low enough to spill (sm_90).
+__global__ void multilevel_gather_kernel(const RoIAlignGeometry<G>* geoms, const Footprint* fps,
                              MultiLevelRoIAlign p, LevelJobs jobs, RoIAlignGather<T, G> op,
                              RoILevelOutputs out) {
-  using A = acc_t<T>;
-  __shared__ int list[kThreads];
-  __shared__ int warp_counts[kWarps];
-  const int64_t groups = (p.channels + kChannelGroup - 1) / kChannelGroup;
-  const int64_t total = jobs.begin[p.levels];
+  __shared__ GatherShared<RoIAlignGeometry<G>> sh;
+  const int64_t total = select(jobs.begin, p.levels);
   for (int64_t job = blockIdx.x; job < total; job += gridDim.x) {
-    int64_t l = 0;
-    while (job >= jobs.begin[l + 1]) ++l;
-    const int64_t H = p.height[l], W = p.width[l];
-    const int64_t tiles_x = (W + kTileW - 1) / kTileW;
-    const int64_t tiles = tiles_x * ((H + kTileH - 1) / kTileH);
-    const int64_t local = job - jobs.begin[l];
-    const int64_t tile = local % tiles, ng = local / tiles;
-    const int64_t n = ng / groups, c0 = ng % groups * kChannelGroup;
-    const int nc = static_cast<int>(min_(int64_t(kChannelGroup), p.channels - c0));
-    const int64_t ty0 = tile / tiles_x * kTileH, tx0 = tile % tiles_x * kTileW;
-    const int64_t py = ty0 + threadIdx.y, px = tx0 + threadIdx.x;
-    const bool inside = py < H && px < W;
-    A acc[kChannelGroup];
+    int64_t l = 0;  // the job's level: how many levels begin at or before it
 #pragma unroll
-    for (int cc = 0; cc < kChannelGroup; ++cc) acc[cc] = A(0);
+    for (int k = 1; k < kMaxRoILevels; ++k)
+      l += k < p.levels && job >= jobs.begin[k];
+    const int64_t H = select(p.height, l), W = select(p.width, l);
+    const TileJob j = tile_job(job - select(jobs.begin, l), p.batch, p.channels, H, W);
     // Level l's slots lie in [l K, (l + 1) K) with all_levels, else among [0, K).
-    const int64_t s0 = p.all_levels ? l * p.rois : 0, s1 = s0 + p.rois;
-    const int64_t key = l * p.batch + n;
-    for (int64_t base = s0; base < s1; base += kThreads) {
-      const int count = compact_rois(fps, s1, base, key, ty0, tx0, list, warp_counts);
-      if (inside)
-        for (int j = 0; j < count; ++j) {
-          const int64_t r = list[j];
-          op(geoms[r], r, c0, nc, py, px, acc);
-        }
-      __syncthreads();  // list is rewritten by the next compaction
-    }
-    if (inside) {
-      T* o = static_cast<T*>(out.p[l]);
-      for (int cc = 0; cc < nc; ++cc)
-        o[((n * p.channels + c0 + cc) * H + py) * W + px] = static_cast<T>(acc[cc]);
-    }
+    const int64_t s0 = p.all_levels ? l * p.rois : 0;
+    gather_tile<T, RoIAlignGeometry<G>, RoIAlignGather<T, G>>(
+        geoms, fps, s0, s0 + p.rois, l * p.batch + j.n, j.n, p.channels, H, W, j.c_slab, j.ty0,
+        j.tx0, op, static_cast<T*>(select(out.p, l)), sh);
   }
 }
 
 LevelJobs gather_jobs(const MultiLevelRoIAlign& p) {
   LevelJobs j{};
-  const int64_t groups = (p.channels + kChannelGroup - 1) / kChannelGroup;
-  for (int64_t l = 0; l < p.levels; ++l) {
-    const int64_t tiles =
-        ((p.width[l] + kTileW - 1) / kTileW) * ((p.height[l] + kTileH - 1) / kTileH);
-    j.begin[l + 1] = j.begin[l] + tiles * p.batch * groups;
-  }
+  for (int64_t l = 0; l < p.levels; ++l)
+    j.begin[l + 1] = j.begin[l] + tile_jobs(p.batch, p.channels, p.height[l], p.width[l]);
   return j;
 }
 
@@ -215,12 +188,10 @@ cudaError_t multilevel_roi_align_backward_gather(Dtype dtype, const MultiLevelRo
     using Geom = RoIAlignGeometry<G>;
     launch_multilevel_geometry<G>(p, rois, scratch, stream);
     const LevelJobs jobs = gather_jobs(p);
-    const int64_t total = jobs.begin[p.levels];
-    const unsigned int blocks =
-        static_cast<unsigned int>(total < 1 ? 1 : (total > (1 << 20) ? (1 << 20) : total));
     const RoIAlignGather<T, G> op{static_cast<const T*>(grad), p.channels,
                                   p.pooled_h * p.pooled_w};
-    multilevel_gather_kernel<T, G><<<blocks, dim3(kTileW, kTileH), 0, stream>>>(
+    multilevel_gather_kernel<T, G>
+        <<<grid_for_jobs(jobs.begin[p.levels]), gather_block(), 0, stream>>>(
         geometry_of<Geom>(scratch), footprints_of<Geom>(scratch, p.slots()), p, jobs, op,
         grad_input);
   });

@@ -83,6 +83,9 @@ def crop_patches(
         bool): the image resampled bilinearly exactly as
         ``roi_align(images, ..., aligned=True, sampling_ratio=1)`` on the box, the mask by
         ``F.interpolate(mode="nearest")`` of the box's crop (False outside the image).
+
+    An index out of range raises a ValueError on the CPU and trips a device-side assertion
+    on CUDA (PyTorch's convention: nothing is read back to check it).
     """
     op = "crop_patches"
     s_h, s_w = _args.size_pair(op, "output_size", output_size)
@@ -107,7 +110,8 @@ def reassemble_patches(
             dtype); resampled bilinearly (``align_corners=False``) to each box's size when
             ``(h, w)`` differs from it.
         boxes: ``int64[P, 4]`` patches ``(x1, y1, x2, y2)``.
-        instance_index: ``int64[P]``, in ``[0, N)``.
+        instance_index: ``int64[P]``, in ``[0, N)`` (else a ValueError on the CPU, a
+            device-side assertion on CUDA).
         threshold: foreground iff the mean probability ``> threshold`` (strict).
 
     Returns:

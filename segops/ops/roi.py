@@ -80,7 +80,11 @@ def roi_align(
         `Tensor[K, C, h, w]` of `input`'s dtype.
 
     Beyond torchvision: half types compute box geometry and accumulate in float32; a
-    batch index outside `[0, N)` raises; a box with a NaN/inf coordinate pools zeros;
+    batch index that is not a whole number in `[0, N)` raises a ValueError on the CPU, and
+    on CUDA trips a device-side assertion (PyTorch's convention for bad indices on CUDA:
+    reported as "device-side assert triggered" by the next call that waits for the GPU,
+    after which the CUDA context is unusable), so that the op never waits for the host;
+    nothing is read out of bounds either way; a box with a NaN/inf coordinate pools zeros;
     under `torch.use_deterministic_algorithms(True)` the backward is deterministic on
     CUDA too (a gather instead of atomics) rather than raising.
     """
@@ -193,7 +197,8 @@ def multilevel_roi_align(
     LevelMapper except on a knife edge: where torchvision's float32 ``log2`` rounds its level
     value across an integer (an area within about 1e-6, relative, of a threshold), the two
     may pick adjacent levels. Beyond torchvision: aligned and half types as
-    :func:`roi_align`; a batch index outside ``[0, N)`` raises; at most 16 levels.
+    :func:`roi_align`; a batch index outside ``[0, N)`` raises (on CUDA: a device-side
+    assertion, as :func:`roi_align`); at most 16 levels.
     """
     op = _MULTILEVEL
     mode = _args.choice(op, "mode", mode, ("assign", "all"))

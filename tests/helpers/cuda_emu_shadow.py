@@ -7,11 +7,16 @@ every ``torch.ops.segops.*`` call on CPU tensors (forward ops, backward ops, the
 public wrappers and the models make), runs the CUDA glue and kernels on the same arguments
 as ``torch.ops.segops_emu.*``, and requires:
 
-* the same exception type when the CPU op raises (the glue's checks are the CPU's);
+* the same exception type when the CPU op raises (the glue's checks are the CPU's), except
+  where the CUDA op checks on the device: an index the CPU rejects with a ValueError must
+  then trip a device-side assertion (a RuntimeError "device-side assert triggered");
 * the same dtypes and shapes, and the same values bit for bit (NaN where NaN) — except
   the float-atomic backward paths, which sum in a scheduling-dependent order and are
   compared within the dtype's tolerance; under ``torch.use_deterministic_algorithms(True)``
-  those take the gather path and must match bit for bit too.
+  those take the gather path and must match bit for bit too;
+* no host synchronisation in the CUDA glue (tools/cuda_emu/costs.py traces each call: no
+  ``.item()``, ``nonzero``, move to the CPU or synchronising runtime call), except the one
+  read-back of a documented exact-size form (``costs.EXACT_SIZE_FORMS``).
 
 The whole test suite thereby checks CUDA == CPU on its own inputs. See tools/cuda_emu.
 """
@@ -31,16 +36,24 @@ from torch.utils._pytree import tree_flatten
 _ATOMIC_BACKWARD = {"_roi_align_backward", "_roi_pool_backward", "_multilevel_roi_align_backward"}
 
 calls: collections.Counter[str] = collections.Counter()
+_module = None
 
 
 def load(seed: int):
     """Builds (incrementally) and loads the emulated ops; sets the schedule seed."""
+    global _module
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "cuda_emu"))
     import build  # noqa: PLC0415  (tools/cuda_emu/build.py)
 
-    module = build.load()
-    module.set_schedule_seed(seed)
-    return module
+    _module = build.load()
+    _module.set_schedule_seed(seed)
+    return _module
+
+
+def _device_assert_for(cpu_error: Exception, emu_error: Exception) -> bool:
+    """The documented CPU/CUDA difference: a bad index is a ValueError on the CPU, a
+    device-side assertion on CUDA."""
+    return isinstance(cpu_error, ValueError) and "device-side assert triggered" in str(emu_error)
 
 
 def _plain_cpu(args, kwargs) -> bool:
@@ -103,14 +116,25 @@ class Shadow(TorchDispatchMode):
                 with torch.no_grad():
                     emu_op(*args, **kwargs)
             except Exception as emu_error:  # noqa: BLE001
-                if type(emu_error) is not type(cpu_error):
+                if type(emu_error) is not type(cpu_error) and not _device_assert_for(
+                    cpu_error, emu_error
+                ):
                     raise AssertionError(
                         f"{name}: CPU raised {cpu_error!r}, emulated CUDA {emu_error!r}"
                     ) from emu_error
                 raise cpu_error from None
             raise AssertionError(f"{name}: CPU raised {cpu_error!r}, emulated CUDA did not")
+        import costs  # noqa: PLC0415  (tools/cuda_emu/costs.py, on the path once loaded)
+
         with torch.no_grad():
-            emu = emu_op(*args, **kwargs)
+            cost = costs.trace_call(_module, name, lambda: emu_op(*args, **kwargs))
+        emu = cost.output
+        allowed = costs.allowed_syncs(func, args, kwargs)
+        if len(cost.syncs) > allowed:
+            raise AssertionError(
+                f"{name}: the CUDA glue synchronises with the host ({', '.join(cost.syncs)}); "
+                f"this form may make {allowed} synchronisation(s)"
+            )
         exact = name not in _ATOMIC_BACKWARD or torch.are_deterministic_algorithms_enabled()
         compare(name, out, emu, exact)
         return out

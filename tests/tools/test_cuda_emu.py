@@ -34,10 +34,13 @@ def test_launches_are_rewritten_with_their_configuration_and_arguments():
     assert "<<<" not in out and ">>>" not in out
     assert (
         "::cuda_emu::launch<false>(::cuda_emu::config(blocks(a), dim3(8, 4), 0, stream), "
-        "gather_kernel<T, Geom, Op<T, G>>, \n            x, y);" in out
+        '"gather_kernel<T, Geom, Op<T, G>>", gather_kernel<T, Geom, Op<T, G>>, \n            x, y);'
+        in out
     )
-    assert "::cuda_emu::launch<false>(::cuda_emu::config(1, kThreads), plain_kernel);" in out
-    assert "::cuda_emu::launch<true>(::cuda_emu::config(g, b, bytes, s), scan<G>, a, b);" in out
+    assert ('::cuda_emu::launch<false>(::cuda_emu::config(1, kThreads), "plain_kernel", '
+            "plain_kernel);") in out
+    assert ('::cuda_emu::launch<true>(::cuda_emu::config(g, b, bytes, s), "scan<G>", scan<G>, '
+            "a, b);") in out
 
 
 def test_extern_shared_arrays_point_at_dynamic_shared_memory():
@@ -64,7 +67,7 @@ def test_the_real_kernels_that_synchronise_are_found():
     texts = [p.read_text() for p in sorted(build.CSRC.glob("*/*.cu*"))]
     sync = build.synchronising_functions(texts)
     # the kernels written with block barriers or warp votes (see csrc/<family>/*.cu)
-    assert {"loop_kernel", "nms_mask_kernel", "nms_scan_kernel", "gather_backward_kernel",
+    assert {"loop_kernel", "greedy_mask_kernel", "greedy_scan_kernel", "gather_backward_kernel",
             "multilevel_gather_kernel", "compact_rois"} <= sync
     assert "roi_align_forward_kernel" not in sync and "paste_kernel" not in sync
 

@@ -83,7 +83,9 @@ def _launcher(sync: set[str]):
     def launch(m: re.Match) -> str:
         kernel = m.group(1)
         mode = "true" if kernel.split("<")[0].split("::")[-1] in sync else "false"
-        head = f"::cuda_emu::launch<{mode}>(::cuda_emu::config({m.group(2)}), {kernel}"
+        name = " ".join(kernel.split())  # the kernel as written, for the op call's trace
+        head = (f"::cuda_emu::launch<{mode}>(::cuda_emu::config({m.group(2)}), "
+                f"\"{name}\", {kernel}")
         return head + ")" if m.group(3) else head + ", "
 
     return launch
@@ -117,7 +119,7 @@ def generate() -> list[str]:
     """
     out = BUILD / "src"
     out.mkdir(parents=True, exist_ok=True)
-    sources = [str(HERE / "runtime.cpp")]
+    sources = [str(HERE / "runtime.cpp"), str(HERE / "trace.cpp")]
     kernels = sorted(CSRC.glob("*/*.cu")) + [HERE / "selftest.cu"]
     sync = synchronising_functions(
         [p.read_text() for p in kernels + sorted(CSRC.glob("*/*.cuh"))]
@@ -158,8 +160,8 @@ def load(verbose: bool = False):
     build_dir = BUILD.with_name("cuda_emu_asan") if asan else BUILD
     build_dir.mkdir(parents=True, exist_ok=True)
     # Greedy NMS chunks its mask at 2^24 words on a GPU (n > 32768 boxes): at 2^8 words here
-    # every test with more than 128 boxes runs several chunks.
-    flags.append("-DSEGOPS_NMS_MASK_BUDGET_WORDS=256")
+    # (set_nms_mask_budget_words) every test with more than 128 boxes runs several chunks.
+    flags.append("-DSEGOPS_NMS_MASK_BUDGET_WORDS=CUDA_EMU_NMS_MASK_BUDGET_WORDS")
     return load_extension(
         name="segops_cuda_emu",
         sources=sources,

@@ -74,6 +74,9 @@ struct Emulator {
   std::mutex launch_mutex;
   uint64_t seed = 0;
   bool capture = false;
+  bool dry_run = false;  // count launches, run no thread (cost tables at large sizes)
+  int multiprocessors = 4;
+  int64_t nms_mask_budget_words = 256;
   cudaError_t error = cudaSuccess;
   std::string message, last_message;
   // The launch being run.
@@ -230,15 +233,21 @@ bool valid_config(const Config& c, std::string* why) {
 
 }  // namespace
 
-void run(const Config& c, bool synchronises, void (*body)(void*), void* ctx) {
+void run(const Config& c, const char* name, bool synchronises, void (*body)(void*),
+         void* ctx) {
   Emulator& e = emu();
   std::lock_guard<std::mutex> lock(e.launch_mutex);
+  // After a device-side assertion the context is unusable until the error is read: later
+  // launches do not run (on a GPU they fail), so nothing reads what the failed one left.
+  if (e.error == cudaErrorAssert) return;
   std::string why;
   if (!valid_config(c, &why)) {
     record_error(cudaErrorInvalidConfiguration, "invalid launch: " + why);
     return;
   }
   ++e.launches;
+  trace_launch(name, c.grid, c.block, c.shared);
+  if (e.dry_run) return;
   gridDim = c.grid;
   blockDim = c.block;
   e.nthreads = static_cast<int>(c.block.x * c.block.y * c.block.z);
@@ -266,9 +275,10 @@ void run(const Config& c, bool synchronises, void (*body)(void*), void* ctx) {
       try {
         run_block_directly(order, rng);
       } catch (const DirectModeBarrier&) {
-        record_error(cudaErrorLaunchFailure,
-                     block_name() + ": a kernel that tools/cuda_emu/build.py found no "
-                     "barrier in reached one; it cannot run without fibers");
+        if (!e.failed)
+          record_error(cudaErrorLaunchFailure,
+                       block_name() + ": a kernel that tools/cuda_emu/build.py found no "
+                       "barrier in reached one; it cannot run without fibers");
         break;
       }
     } else if (!run_block(rng)) {
@@ -314,6 +324,27 @@ void fail(const char* what) {
   }
 }
 
+void device_assert(const char* condition, const char* file, int line) {
+  Emulator& e = emu();
+  std::string where = std::string(file);
+  where = where.substr(where.rfind('/') == std::string::npos ? 0 : where.rfind('/') + 1);
+  if (e.error != cudaErrorAssert) {
+    e.error = cudaErrorAssert;
+    e.message = "device-side assert triggered: " + where + ":" + std::to_string(line) +
+                ": Assertion `" + condition + "` failed (" + block_name() + ", thread " +
+                std::to_string(e.current) + ")";
+  }
+  e.failed = true;
+  if (e.direct) throw DirectModeBarrier{};
+  if (e.current >= 0) {
+    e.fibers[e.current]->state = State::Done;
+    yield_to_scheduler();
+  }
+}
+
+int multiprocessors() { return emu().multiprocessors; }
+int64_t nms_mask_budget_words() { return emu().nms_mask_budget_words; }
+
 cudaError_t take_error() {
   Emulator& e = emu();
   const cudaError_t err = e.error;
@@ -331,6 +362,7 @@ bool capturing() { return emu().capture; }
 
 namespace cuda_emu {
 std::string selftest(const std::string& name);  // selftest.cu
+void bind_trace(pybind11::module& m);          // trace.cpp
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -342,6 +374,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Report an active CUDA-graph capture to the glue (it then reads nothing back).");
   m.def("selftest", &cuda_emu::selftest,
         "Runs one of the emulator's self-test kernels (selftest.cu); '' when it behaved.");
+  m.def("set_dry_run", [](bool d) { cuda_emu::emu().dry_run = d; },
+        "Launches are checked, counted and traced but run no thread (cost tables at large "
+        "sizes: outputs are then garbage).");
+  m.def("set_multiprocessors", [](int n) { cuda_emu::emu().multiprocessors = n; },
+        "What cudaDevAttrMultiProcessorCount reports (4 by default).");
+  m.def("set_nms_mask_budget_words", [](int64_t w) { cuda_emu::emu().nms_mask_budget_words = w; },
+        "Greedy NMS's mask budget in words (256 here by default; 2**24 on a GPU).");
+  cuda_emu::bind_trace(m);
   m.def("stats", [] {
     const auto& e = cuda_emu::emu();
     pybind11::dict d;

@@ -7,6 +7,7 @@ namespace cuda {
 struct CUDAStream {
   cudaStream_t stream() const { return nullptr; }
   operator cudaStream_t() const { return nullptr; }
+  void synchronize() const { cuda_emu::trace_sync("CUDAStream::synchronize"); }
 };
 inline CUDAStream getCurrentCUDAStream(int = -1) { return {}; }
 }  // namespace cuda
