@@ -55,10 +55,14 @@ struct LinearTap {
   A l0, l1;
 };
 
-// Output index `o` of an axis resized from n_in to n_out samples.
-template <typename A>
-SEGOPS_HOST_DEVICE LinearTap<A> resize_tap(int64_t o, int64_t n_in, int64_t n_out) {
-  if (n_in == n_out) return {o, o, A(1), A(0)};
+// Output index `o` of an axis resized from n_in to n_out samples. I is int64_t, or uint64_t
+// for output axes of up to 2^64 - 1 samples (a box's extent); the arithmetic is the same.
+template <typename A, typename I = int64_t>
+SEGOPS_HOST_DEVICE LinearTap<A> resize_tap(I o, int64_t n_in, I n_out) {
+  if (static_cast<I>(n_in) == n_out) {
+    const int64_t i = static_cast<int64_t>(o);  // < n_in
+    return {i, i, A(1), A(0)};
+  }
   const A scale = static_cast<A>(n_in) / static_cast<A>(n_out);
   A src = scale * (static_cast<A>(o) + A(0.5)) - A(0.5);
   src = max_(src, A(0));

@@ -1,6 +1,7 @@
 // Argument checks of the patches family (BPR), shared by its CPU and CUDA glue.
 #pragma once
 
+#include "common/patches.h"
 #include "core/checks.h"
 
 namespace segops {
@@ -15,8 +16,8 @@ inline void check_boundary_patches(const at::Tensor& masks, int64_t patch_size,
                                    double iou_threshold, int64_t max_out) {
   const char* op = "boundary_patches";
   check_bool_masks(masks, op);
-  TORCH_CHECK_VALUE(patch_size >= 2 && patch_size % 2 == 0, op,
-                    ": `patch_size` must be an even int >= 2, got ", patch_size);
+  TORCH_CHECK_VALUE(patch_size >= 2 && patch_size % 2 == 0 && patch_size <= kMaxPatchSize, op,
+                    ": `patch_size` must be an even int in [2, 2**30], got ", patch_size);
   check_not_nan(iou_threshold, op, "iou_threshold");
   TORCH_CHECK_VALUE(max_out >= -1, op, ": `max_out` must be >= 0 (or -1 for no limit), got ",
                     max_out);

@@ -74,8 +74,9 @@ def boundary_patches(
     op = "boundary_patches"
     masks = _bool_masks(masks, op)
     if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 2 \
-            or patch_size % 2:
-        raise ValueError(f"{op}: `patch_size` must be an even int >= 2, got {patch_size!r}")
+            or patch_size % 2 or patch_size > 2**30:
+        raise ValueError(f"{op}: `patch_size` must be an even int in [2, 2**30], got "
+                         f"{patch_size!r}")
     if not isinstance(iou_threshold, (int, float)) or math.isnan(iou_threshold):
         raise ValueError(f"{op}: `iou_threshold` must be a number (not NaN), got "
                          f"{iou_threshold!r}")

@@ -230,8 +230,9 @@ def boundary_patches(masks: Tensor, patch_size: int = 64, iou_threshold: float =
     if masks.dim() != 3:
         raise ValueError(f"{op}: `masks` must be a Tensor[N, H, W], got {tuple(masks.shape)}")
     if (isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 2
-            or patch_size % 2):
-        raise ValueError(f"{op}: `patch_size` must be an even int >= 2, got {patch_size!r}")
+            or patch_size % 2 or patch_size > 2**30):
+        raise ValueError(f"{op}: `patch_size` must be an even int in [2, 2**30], got "
+                         f"{patch_size!r}")
     iou_threshold = _check_number(iou_threshold, op, "iou_threshold")
     if max_out is not None:
         if isinstance(max_out, bool) or not isinstance(max_out, int) or max_out < 0:

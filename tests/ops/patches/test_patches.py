@@ -399,6 +399,7 @@ BOUNDARY_BAD = [
     pytest.param(dict(patch_size=-4), ValueError, "patch_size", id="p-negative"),
     pytest.param(dict(patch_size=8.0), ValueError, "patch_size", id="p-float"),
     pytest.param(dict(patch_size=None), ValueError, "patch_size", id="p-none"),
+    pytest.param(dict(patch_size=2**30 + 2), ValueError, "patch_size", id="p-over-2**30"),
     pytest.param(dict(iou_threshold=math.nan), ValueError, "iou_threshold", id="thr-nan"),
     pytest.param(dict(max_out=-1), ValueError, "max_out", id="max_out-negative"),
 ]

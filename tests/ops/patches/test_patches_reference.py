@@ -314,6 +314,7 @@ _M = torch.zeros(1, 6, 6, dtype=torch.bool)
     (dict(patch_size=-2), ValueError, "patch_size"),
     (dict(patch_size=8.0), ValueError, "patch_size"),
     (dict(patch_size=True), ValueError, "patch_size"),
+    (dict(patch_size=2**30 + 2), ValueError, "patch_size"),
     (dict(iou_threshold=math.nan), ValueError, "iou_threshold"),
     (dict(max_out=-1), ValueError, "max_out"),
 ])
