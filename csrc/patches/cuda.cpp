@@ -44,8 +44,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> boundary_patches_cuda
   const auto opts = masks.options().dtype(at::kLong);
   const cuda::PatchArgs a{n, h, w, patch_size, iou_threshold};
   const at::Tensor m = masks.contiguous();
-  at::Tensor total = at::zeros({}, opts);
-  at::Tensor counts, ends, kept;
+  at::Tensor total, counts, ends, kept;
   if (n * h * w > 0) {
     // Two bits of scratch per pixel and a count per (instance, level, row), all written by
     // the NMS kernel where they are read (no memset).
@@ -60,6 +59,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> boundary_patches_cuda
         counts.mutable_data_ptr<int32_t>(), stream));
     ends = at::cumsum(counts.view({-1}), 0, at::kLong);  // each patch's output row + 1
     total = ends[n * 4 * h - 1];
+  } else {
+    total = at::zeros({}, opts);
   }
   const int64_t rows = max_out >= 0 ? max_out : total.item<int64_t>();
   at::Tensor boxes = at::zeros({rows, 4}, opts);
