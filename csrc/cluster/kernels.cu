@@ -1,8 +1,10 @@
 // Gaussian seed clustering, CUDA kernels (torch-free). The per-pixel math is
 // csrc/common/cluster.h, as on the CPU. The greedy loop runs in one block that never
-// returns to the host: thread 0 picks the next seed from the seed order and the block
-// tests the pixels of the embedding buckets near it (as the CPU's EmbeddingGrid), counts,
-// decides, and writes, with __syncthreads between the phases.
+// returns to the host: the block finds the next seed in the seed order 1024 positions at a
+// time (warp ballots), thread 0 takes it, and the block tests the pixels of the embedding
+// buckets near it (as the CPU's EmbeddingGrid), counts them by warp ballots (one shared
+// atomic per warp), decides, and writes, with __syncthreads between the phases
+// (docs/cost_model/cluster.md).
 #include "common/cluster.h"
 #include "cluster/launch.h"
 #include "core/half.cuh"
@@ -66,6 +68,39 @@ __global__ void bucket_kernel(const A* px, const bool* valid, ClusterArgs a, con
   }
 }
 
+constexpr int kLoopWarps = kLoopThreads / 32;
+
+// Index of the lowest set bit of v != 0 (__ffs(v) - 1, from __popc only).
+__device__ __forceinline__ int lowest_bit(unsigned v) { return __popc((v & (0u - v)) - 1u); }
+
+// Block-wide, called by every thread: the lowest thread index with `pred`, or -1.
+__device__ int block_first(bool pred, int* warp_first) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const unsigned b = __ballot_sync(0xffffffffu, pred);
+  if (lane == 0) warp_first[warp] = b ? warp * 32 + lowest_bit(b) : -1;
+  __syncthreads();
+  int first = -1;
+  for (int w = kLoopWarps - 1; w >= 0; --w)
+    if (warp_first[w] >= 0) first = warp_first[w];
+  __syncthreads();
+  return first;
+}
+
+// Calls fn(k) for every position k of the bucket runs of rows by0..by1, columns bx0..bx1,
+// kLoopThreads positions at a time, with k = -1 for the threads past a run's end: every
+// lane of a warp makes the same calls, so fn can vote.
+template <typename Fn>
+__device__ void for_each_near(const int64_t* bucket_start, int64_t n, int64_t bx0, int64_t bx1,
+                              int64_t by0, int64_t by1, Fn&& fn) {
+  for (int64_t by = by0; by <= by1; ++by) {
+    const int64_t begin = bucket_start[by * n + bx0], end = bucket_start[by * n + bx1 + 1];
+    for (int64_t k0 = begin; k0 < end; k0 += kLoopThreads) {
+      const int64_t k = k0 + threadIdx.x;
+      fn(k < end ? k : int64_t(-1));
+    }
+  }
+}
+
 template <typename A>
 __global__ void __launch_bounds__(kLoopThreads)
     loop_kernel(const A* px, const int64_t* order, const int64_t* masked,
@@ -76,10 +111,12 @@ __global__ void __launch_bounds__(kLoopThreads)
   const A *ex = px, *ey = px + plane, *sx = px + 2 * plane, *sy = px + 3 * plane,
           *seed = px + 4 * plane;
   const Grid g(bbox, a.grid);
+  const int lane = threadIdx.x & 31;
   __shared__ int64_t next, unclustered, accepted, bx0, bx1, by0, by1;
   __shared__ unsigned long long n_prop, n_fresh, n_new;
   __shared__ bool done, take, scan;
   __shared__ A cx, cy, s_x, s_y, score;
+  __shared__ int warp_first[kLoopWarps];
   if (threadIdx.x == 0) {
     next = 0;
     accepted = 0;
@@ -87,11 +124,21 @@ __global__ void __launch_bounds__(kLoopThreads)
     done = unclustered <= a.min_pixels || a.max_instances == 0;
   }
   __syncthreads();
-  // `done` is written by thread 0 only between barriers and read by all only after one.
+  // Shared scalars are written by thread 0 only between barriers and read by all after one.
   for (int32_t iter = 0;; ++iter) {
-    if (threadIdx.x == 0 && !done) {
-      while (clustered[order[next]]) ++next;
-      const int64_t j = order[next];
+    if (done) break;
+    // The next seed: the first unclustered position of the seed order, searched
+    // kLoopThreads positions at a time (one exists: more than min_pixels >= 0 masked pixels
+    // are unclustered, and they precede every unmasked pixel in the order).
+    int64_t found = -1;
+    for (int64_t s0 = next; found < 0 && s0 < plane; s0 += kLoopThreads) {
+      const int64_t k = s0 + threadIdx.x;
+      const int f = block_first(k < plane && !clustered[order[k]], warp_first);
+      if (f >= 0) found = s0 + f;
+    }
+    if (threadIdx.x == 0) {
+      next = found + 1;
+      const int64_t j = order[found];
       score = seed[j];
       if (static_cast<double>(score) < a.threshold) {
         done = true;
@@ -113,23 +160,26 @@ __global__ void __launch_bounds__(kLoopThreads)
     }
     __syncthreads();
     if (done) break;
-    // Pass 1: stamp the proposal and count it.
+    // Pass 1: stamp the proposal and count it: a warp's counts from ballots, one shared
+    // atomic per warp.
     unsigned long long prop = 0, fresh = 0;
     if (scan) {
-      for (int64_t by = by0; by <= by1; ++by) {
-        const int64_t end = bucket_start[by * g.n + bx1 + 1];
-        for (int64_t k = bucket_start[by * g.n + bx0] + threadIdx.x; k < end; k += blockDim.x) {
+      for_each_near(bucket_start, g.n, bx0, bx1, by0, by1, [&](int64_t k) {
+        bool in = false, unseen = false;
+        if (k >= 0) {
           const int64_t p = bucket_pixels[k];
           if (in_proposal(ex[p], ey[p], cx, cy, s_x, s_y)) {
             stamp[p] = iter;
-            ++prop;
-            fresh += !clustered[p];
+            in = true;
+            unseen = !clustered[p];
           }
         }
-      }
+        prop += __popc(__ballot_sync(0xffffffffu, in));
+        fresh += __popc(__ballot_sync(0xffffffffu, unseen));
+      });
     }
-    if (prop) atomicAdd(&n_prop, prop);
-    if (fresh) atomicAdd(&n_fresh, fresh);
+    if (lane == 0 && prop) atomicAdd(&n_prop, prop);
+    if (lane == 0 && fresh) atomicAdd(&n_fresh, fresh);
     __syncthreads();
     if (threadIdx.x == 0) {
       take = accept_proposal(static_cast<int64_t>(n_prop), static_cast<int64_t>(n_fresh),
@@ -141,18 +191,20 @@ __global__ void __launch_bounds__(kLoopThreads)
     unsigned long long added = 0;
     if (scan && n_prop) {
       const int32_t id = static_cast<int32_t>(accepted);
-      for (int64_t by = by0; by <= by1; ++by) {
-        const int64_t end = bucket_start[by * g.n + bx1 + 1];
-        for (int64_t k = bucket_start[by * g.n + bx0] + threadIdx.x; k < end; k += blockDim.x) {
+      for_each_near(bucket_start, g.n, bx0, bx1, by0, by1, [&](int64_t k) {
+        bool fresh_pixel = false;
+        if (k >= 0) {
           const int64_t p = bucket_pixels[k];
-          if (stamp[p] != iter) continue;
-          if (take) map[p] = id;
-          added += !clustered[p];
-          clustered[p] = 1;
+          if (stamp[p] == iter) {
+            if (take) map[p] = id;
+            fresh_pixel = !clustered[p];
+            clustered[p] = 1;
+          }
         }
-      }
+        added += __popc(__ballot_sync(0xffffffffu, fresh_pixel));
+      });
     }
-    if (added) atomicAdd(&n_new, added);
+    if (lane == 0 && added) atomicAdd(&n_new, added);
     __syncthreads();
     if (threadIdx.x == 0) {
       unclustered -= static_cast<int64_t>(n_new);

@@ -147,18 +147,6 @@ at::Tensor assemble_masks_cpu(const at::Tensor& protos, const at::Tensor& coeffs
   return assemble_cropped(protos, coeffs, geometry_boxes(boxes), padding);
 }
 
-// The output columns [begin, end) whose taps reach source indices [r.begin, r.end): taps
-// are monotone in the output index, so the set is an interval.
-template <typename A>
-IndexRange reaching(const std::vector<LinearTap<A>>& taps, const IndexRange& r) {
-  const int64_t n = static_cast<int64_t>(taps.size());
-  int64_t b = 0;
-  while (b < n && taps[b].i1 < r.begin) ++b;
-  int64_t e = b;
-  while (e < n && taps[e].i0 < r.end) ++e;
-  return {b, e};
-}
-
 template <typename T, typename B>
 void upsample_kernel(const T* cropped, const B* boxes, int64_t n, int64_t h, int64_t w,
                      int64_t padding, int64_t oh, int64_t ow, double thr_rounded, bool* out) {
@@ -177,8 +165,8 @@ void upsample_kernel(const T* cropped, const B* boxes, int64_t n, int64_t h, int
       const IndexRange rx = crop_range<B>(b[0], b[2], w, padding);
       const IndexRange ry = crop_range<B>(b[1], b[3], h, padding);
       const bool empty = rx.begin >= rx.end || ry.begin >= ry.end;
-      const IndexRange rows = empty ? IndexRange{0, 0} : reaching(ty, ry);
-      const IndexRange cols = empty ? IndexRange{0, 0} : reaching(tx, rx);
+      const IndexRange rows = empty ? IndexRange{0, 0} : resize_reach<A>(ry, h, oh);
+      const IndexRange cols = empty ? IndexRange{0, 0} : resize_reach<A>(rx, w, ow);
       const T* plane = cropped + i * h * w;
       const auto at = [&](int64_t r, int64_t c) { return static_cast<A>(plane[r * w + c]); };
       render_plane<A, bool>(out + i * oh * ow, oh, ow, rows, cols, ty.data() + rows.begin,
@@ -209,47 +197,26 @@ at::Tensor assemble_masks_upsampled_cpu(const at::Tensor& protos, const at::Tens
 
 // ---- paste_masks ----
 
-// Pixels whose grid_sample footprint can reach the mask: a superset of
-// x + 0.5 in (x0 - cell / 2, x1 + cell / 2), cell = (x1 - x0) / m, clipped to the image.
-inline IndexRange detectron2_reach(double b0, double b1, int64_t m, int64_t size) {
-  const double half = (b1 - b0) / static_cast<double>(m) * 0.5;
-  const double lo = std::floor(b0 - half - 0.5) - 1.0;
-  const double hi = std::ceil(b1 + half - 0.5) + 2.0;
-  const double s = static_cast<double>(size);
-  const int64_t begin = static_cast<int64_t>(std::min(std::max(lo, 0.0), s));
-  const int64_t end = static_cast<int64_t>(std::min(std::max(hi, 0.0), s));
-  return {begin, std::max(begin, end)};
-}
-
 // to_out maps an accumulated value to the output element (bool or T).
 template <typename T, typename A, typename O, typename ToOut>
 void paste_kernel(const T* masks, const A* boxes, int64_t n, int64_t mh, int64_t mw, int64_t ih,
                   int64_t iw, PasteMode mode, ToOut to_out, O* out) {
   const O bg = to_out(A(0));
-  const A scale = static_cast<A>(static_cast<double>(mw + 2) / static_cast<double>(mw));
   at::parallel_for(0, n, 1, [&](int64_t n0, int64_t n1) {
     std::vector<A> hbuf;
     std::vector<LinearTap<A>> ty, tx;
     for (int64_t i = n0; i < n1; ++i) {
-      const A* b = boxes + 4 * i;
       const T* m = masks + i * mh * mw;
+      const PasteGeometry<A> g =
+          paste_geometry<A>(boxes + 4 * i, mode == PasteMode::Detectron2, mh, mw, ih, iw);
       IndexRange rows{0, 0}, cols{0, 0};
       ty.clear();
       tx.clear();
-      const bool finite = is_finite(b[0]) && is_finite(b[1]) && is_finite(b[2]) && is_finite(b[3]);
-      if (finite && mode == PasteMode::Detectron2 && b[2] > b[0] && b[3] > b[1]) {
-        cols = detectron2_reach(b[0], b[2], mw, iw);
-        rows = detectron2_reach(b[1], b[3], mh, ih);
-        for (int64_t x = cols.begin; x < cols.end; ++x) tx.push_back(grid_tap<A>(x, b[0], b[2], mw));
-        for (int64_t y = rows.begin; y < rows.end; ++y) ty.push_back(grid_tap<A>(y, b[1], b[3], mh));
-      } else if (finite && mode == PasteMode::Torchvision) {
-        const PasteBox pb = torchvision_paste_box<A>(b[0], b[1], b[2], b[3], scale);
-        cols = {std::max<int64_t>(pb.x0, 0), std::min<int64_t>(pb.x1 + 1, iw)};
-        rows = {std::max<int64_t>(pb.y0, 0), std::min<int64_t>(pb.y1 + 1, ih)};
-        for (int64_t x = cols.begin; x < cols.end; ++x)
-          tx.push_back(torchvision_tap<A>(x, pb.x0, pb.w, mw));
-        for (int64_t y = rows.begin; y < rows.end; ++y)
-          ty.push_back(torchvision_tap<A>(y, pb.y0, pb.h, mh));
+      if (!g.empty()) {
+        rows = g.y.reach;
+        cols = g.x.reach;
+        for (int64_t x = cols.begin; x < cols.end; ++x) tx.push_back(g.x.tap(x));
+        for (int64_t y = rows.begin; y < rows.end; ++y) ty.push_back(g.y.tap(y));
       }
       const auto at = [&](int64_t r, int64_t c) { return mask_at<T, A>(m, mh, mw, r, c); };
       render_plane<A, O>(out + i * ih * iw, ih, iw, rows, cols, ty.data(), tx.data(), at, bg,

@@ -20,24 +20,28 @@ cuda::AssembleArgs assemble_args(const at::Tensor& protos, const at::Tensor& coe
           boxes.scalar_type() == at::kDouble};
 }
 
+// b: the boxes in their geometry dtype (float64 boxes stay float64, else float32).
 at::Tensor assemble_cropped(const at::Tensor& protos, const at::Tensor& coeffs,
-                            const at::Tensor& boxes, int64_t padding) {
-  const auto a = assemble_args(protos, coeffs, boxes, padding);
+                            const at::Tensor& b, int64_t padding) {
+  const auto a = assemble_args(protos, coeffs, b, padding);
   at::Tensor out = at::empty({a.n, a.h, a.w}, protos.options());
   if (out.numel() == 0) return out;
   const at::Tensor p = protos.contiguous(), c = coeffs.contiguous();
-  const at::Tensor b = boxes.to(compute_dtype(boxes.scalar_type())).contiguous();
   C10_CUDA_CHECK(cuda::assemble_masks(cuda_dtype(p), a, p.const_data_ptr(), c.const_data_ptr(),
                                       b.const_data_ptr(), out.mutable_data_ptr(),
                                       c10::cuda::getCurrentCUDAStream()));
   return out;
 }
 
+at::Tensor geometry_boxes(const at::Tensor& boxes) {
+  return boxes.to(compute_dtype(boxes.scalar_type())).contiguous();
+}
+
 at::Tensor assemble_masks_cuda(const at::Tensor& protos, const at::Tensor& coeffs,
                                const at::Tensor& boxes, int64_t padding) {
   check_assemble("assemble_masks", protos, coeffs, boxes);
   const c10::cuda::CUDAGuard guard(protos.device());
-  return assemble_cropped(protos, coeffs, boxes, padding);
+  return assemble_cropped(protos, coeffs, geometry_boxes(boxes), padding);
 }
 
 at::Tensor assemble_masks_upsampled_cuda(const at::Tensor& protos, const at::Tensor& coeffs,
@@ -49,9 +53,11 @@ at::Tensor assemble_masks_upsampled_cuda(const at::Tensor& protos, const at::Ten
   const auto a = assemble_args(protos, coeffs, boxes, padding);
   at::Tensor out = at::empty({a.n, height, width}, protos.options().dtype(at::kBool));
   if (out.numel() == 0) return out;
-  const at::Tensor cropped = assemble_cropped(protos, coeffs, boxes, padding);
-  C10_CUDA_CHECK(cuda::upsample_masks(cuda_dtype(cropped), a, cropped.const_data_ptr(), height,
-                                      width, rounded_threshold(threshold, protos.scalar_type()),
+  const at::Tensor b = geometry_boxes(boxes);
+  const at::Tensor cropped = assemble_cropped(protos, coeffs, b, padding);
+  C10_CUDA_CHECK(cuda::upsample_masks(cuda_dtype(cropped), a, cropped.const_data_ptr(),
+                                      b.const_data_ptr(), height, width,
+                                      rounded_threshold(threshold, protos.scalar_type()),
                                       out.mutable_data_ptr<bool>(),
                                       c10::cuda::getCurrentCUDAStream()));
   return out;

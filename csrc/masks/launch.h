@@ -18,9 +18,10 @@ cudaError_t assemble_masks(Dtype dtype, const AssembleArgs& a, const void* proto
                            cudaStream_t stream);
 
 // out [N, oh, ow] bool = bilinear resize of `cropped` [N, H, W] (align_corners=False),
-// rounded to the dtype, > thr.
-cudaError_t upsample_masks(Dtype dtype, const AssembleArgs& a, const void* cropped, int64_t oh,
-                           int64_t ow, double thr, bool* out, cudaStream_t stream);
+// rounded to the dtype, > thr; `boxes` (as for assemble_masks) bound each mask's footprint.
+cudaError_t upsample_masks(Dtype dtype, const AssembleArgs& a, const void* cropped,
+                           const void* boxes, int64_t oh, int64_t ow, double thr, bool* out,
+                           cudaStream_t stream);
 
 struct PasteArgs {
   int64_t n, mh, mw, height, width;

@@ -1,6 +1,7 @@
 // Argument checks of the patches family (BPR), shared by its CPU and CUDA glue.
 #pragma once
 
+#include "common/patches.h"
 #include "core/checks.h"
 
 namespace segops {

@@ -54,9 +54,10 @@ Bounds mask_bounds(const bool* m, int64_t h, int64_t w) {
   return b;
 }
 
-// One instance's kept patch centres, in NMS order.
+// One instance's kept patch centres, in NMS order. Work and memory are bounded by the
+// instance's bounding box (grown by one pixel), whatever the patch size.
 std::vector<Kept> instance_patches(const bool* m, int64_t h, int64_t w, int64_t p,
-                                   double threshold, const std::vector<int64_t>& half_width) {
+                                   double threshold) {
   std::vector<Kept> kept;
   const Bounds b = mask_bounds(m, h, w);
   if (b.x0 >= b.x1) return kept;
@@ -82,6 +83,10 @@ std::vector<Kept> instance_patches(const bool* m, int64_t h, int64_t w, int64_t 
       const int level = boundary_level(s);
       if (level > 0) by_level[level].push_back(r * rw + c);
     }
+  // Suppressed column offsets per row offset |dy| < min(p, rh), clipped to the region.
+  std::vector<int64_t> half_width(static_cast<size_t>(std::min(p, rh)));
+  for (int64_t d = 0; d < static_cast<int64_t>(half_width.size()); ++d)
+    half_width[d] = suppress_half_width(d, p, threshold, rw);
   std::vector<uint8_t> suppressed(rw * rh, 0);
   const bool suppress_all = 0.0 > threshold;  // IoU 0 > threshold: every pair overlaps
   for (int level = 4; level >= 1; --level) {
@@ -90,10 +95,11 @@ std::vector<Kept> instance_patches(const bool* m, int64_t h, int64_t w, int64_t 
       const int64_t r = cand / rw, c = cand % rw;
       kept.push_back({rx0 + c, ry0 + r, level});
       if (suppress_all) return kept;
-      for (int64_t dy = -(p - 1); dy <= p - 1; ++dy) {
-        const int64_t rr = r + dy;
-        const int64_t hw = half_width[dy < 0 ? -dy : dy];
-        if (rr < 0 || rr >= rh || hw < 0) continue;
+      const int64_t rr0 = std::max(r - (p - 1), int64_t(0));
+      const int64_t rr1 = std::min(r + (p - 1), rh - 1);
+      for (int64_t rr = rr0; rr <= rr1; ++rr) {
+        const int64_t hw = half_width[rr < r ? r - rr : rr - r];
+        if (hw < 0) continue;
         const int64_t c0 = std::max<int64_t>(c - hw, 0), c1 = std::min<int64_t>(c + hw + 1, rw);
         if (c0 < c1) std::memset(suppressed.data() + rr * rw + c0, 1, c1 - c0);
       }
@@ -107,14 +113,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> boundary_patches_cpu(
   check_boundary_patches(masks, patch_size, iou_threshold, max_out);
   const int64_t n = masks.size(0), h = masks.size(1), w = masks.size(2), p = patch_size;
   const at::Tensor m = masks.contiguous();
-  std::vector<int64_t> half_width(p);
-  for (int64_t d = 0; d < p; ++d) half_width[d] = suppress_half_width(d, p, iou_threshold);
   std::vector<std::vector<Kept>> kept(n);
   if (h > 0 && w > 0) {
     const bool* data = m.const_data_ptr<bool>();
     at::parallel_for(0, n, 1, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i)
-        kept[i] = instance_patches(data + i * h * w, h, w, p, iou_threshold, half_width);
+        kept[i] = instance_patches(data + i * h * w, h, w, p, iou_threshold);
     });
   }
   int64_t total = 0;
@@ -172,6 +176,7 @@ std::tuple<at::Tensor, at::Tensor> crop_patches_cpu(const at::Tensor& images,
     const bool* msrc = m.const_data_ptr<bool>();
     at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
       std::vector<Interp1D<G>> yi(out_h), xi(out_w);
+      std::vector<int64_t> mx(out_w);
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t* bb = box + 4 * p;
         const int64_t i = inst[p];
@@ -192,17 +197,16 @@ std::tuple<at::Tensor, at::Tensor> crop_patches_cpu(const at::Tensor& images,
               o[ph * out_w + pw] =
                   static_cast<T>(roi_align_bin<T, G, acc_t<T>>(plane, g, ph, pw, y_at, x_at));
         }
-        const int64_t bw = bb[2] - bb[0], bh = bb[3] - bb[1];
-        if (bw <= 0 || bh <= 0) continue;  // an empty box: an all-False mask patch
+        const uint64_t bw = box_extent(bb[0], bb[2]), bh = box_extent(bb[1], bb[3]);
+        if (bw == 0 || bh == 0) continue;  // an empty box: an all-False mask patch
         const bool* mi = msrc + i * H * W;
         bool* mo = mdst + p * out_h * out_w;
+        for (int64_t pw = 0; pw < out_w; ++pw) mx[pw] = box_coord(bb[0], nearest_index(pw, bw, out_w));
         for (int64_t ph = 0; ph < out_h; ++ph) {
-          const int64_t y = bb[1] + nearest_index(ph, bh, out_h);
+          const int64_t y = box_coord(bb[1], nearest_index(ph, bh, out_h));
           if (y < 0 || y >= H) continue;
-          for (int64_t pw = 0; pw < out_w; ++pw) {
-            const int64_t xx = bb[0] + nearest_index(pw, bw, out_w);
-            mo[ph * out_w + pw] = xx >= 0 && xx < W && mi[y * W + xx];
-          }
+          for (int64_t pw = 0; pw < out_w; ++pw)
+            mo[ph * out_w + pw] = mx[pw] >= 0 && mx[pw] < W && mi[y * W + mx[pw]];
         }
       }
     });
@@ -260,30 +264,32 @@ at::Tensor reassemble_patches_cpu(const at::Tensor& masks, const at::Tensor& pat
         cnt.assign(rw * rh, 0);
         for (const int64_t k : list) {
           const int64_t* bb = box + 4 * k;
-          const int64_t bw = bb[2] - bb[0], bh = bb[3] - bb[1];
-          if (bw <= 0 || bh <= 0) continue;
+          const uint64_t bw = box_extent(bb[0], bb[2]), bh = box_extent(bb[1], bb[3]);
+          if (bw == 0 || bh == 0) continue;
           const T* pk = probs + k * ph * pw;
+          // The part of the box inside the union (and so the image): taps only there.
           const int64_t ya = std::max(bb[1], y0), yb = std::min(bb[3], y1);
           const int64_t xa = std::max(bb[0], x0), xb = std::min(bb[2], x1);
-          const bool same = bh == ph && bw == pw;
+          if (ya >= yb || xa >= xb) continue;
+          const bool same = bh == static_cast<uint64_t>(ph) && bw == static_cast<uint64_t>(pw);
           if (!same) {
-            ty.resize(bh);
-            tx.resize(bw);
-            for (int64_t o2 = 0; o2 < bh; ++o2) ty[o2] = resize_tap<A>(o2, ph, bh);
-            for (int64_t o2 = 0; o2 < bw; ++o2) tx[o2] = resize_tap<A>(o2, pw, bw);
+            ty.resize(yb - ya);
+            tx.resize(xb - xa);
+            for (int64_t y = ya; y < yb; ++y)
+              ty[y - ya] = resize_tap<A, uint64_t>(box_extent(bb[1], y), ph, bh);
+            for (int64_t x = xa; x < xb; ++x)
+              tx[x - xa] = resize_tap<A, uint64_t>(box_extent(bb[0], x), pw, bw);
           }
           for (int64_t y = ya; y < yb; ++y) {
             A* ar = acc.data() + (y - y0) * rw - x0;
             int32_t* cr = cnt.data() + (y - y0) * rw - x0;
-            const int64_t v = y - bb[1];
             for (int64_t x = xa; x < xb; ++x) {
-              const int64_t u = x - bb[0];
               A val;
               if (same) {
-                val = static_cast<A>(pk[v * pw + u]);
+                val = static_cast<A>(pk[(y - bb[1]) * pw + (x - bb[0])]);
               } else {
-                const LinearTap<A>& t = ty[v];
-                const LinearTap<A>& s = tx[u];
+                const LinearTap<A>& t = ty[y - ya];
+                const LinearTap<A>& s = tx[x - xa];
                 val = blend<A>(static_cast<A>(pk[t.i0 * pw + s.i0]),
                                static_cast<A>(pk[t.i0 * pw + s.i1]),
                                static_cast<A>(pk[t.i1 * pw + s.i0]),

@@ -95,10 +95,20 @@ def paste_masks(
         bool ``Tensor[N, H, W]``, or masks' dtype when ``threshold is None``.
 
     Geometry and accumulation run in float64 when masks or boxes is float64, else float32;
-    a box with a non-finite coordinate pastes nothing. Memory is the output's; work is
-    bounded by each box's pixels (plus the fill of the rest of the output). torchvision
-    returns ``[N, 1, H, W]`` floats and fails for boxes far right of or below the image;
-    here such pixels are simply outside.
+    a box with a non-finite coordinate pastes nothing, and so does a torchvision-mode box
+    whose expansion is NaN (finite corners near the dtype's largest value, one-cell-wide
+    masks). Memory is the output's; work is bounded by each box's footprint (the pixels
+    listed above; every other pixel is written with the value 0 maps to, without
+    arithmetic). torchvision returns ``[N, 1, H, W]`` floats and fails for boxes far right
+    of or below the image; here such pixels are simply outside.
+
+    Exactness: CPU and CUDA evaluate the same arithmetic (the separable blend
+    ``(v00 * wx0 + v01 * wx1) * wy0 + (v10 * wx0 + v11 * wx1) * wy1``, no FMA), so their
+    outputs are identical bit for bit. The values equal the composition's (``grid_sample``,
+    whose four weights are products summed in another order; ``F.interpolate``, whose CPU
+    kernel uses FMA) within a few units in the last place, so a bool pixel can differ
+    from it only where the value lies within that rounding of the threshold (a band of
+    1e-5 for float32 and float64, 1e-2 for the half types, which the tests bound).
     """
     op = "paste_masks"
     masks = _args.tensor(op, "masks", masks)

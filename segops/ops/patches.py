@@ -29,7 +29,7 @@ def boundary_patches(
 
     Args:
         masks: ``Tensor[N, H, W]`` bool (or integer 0/1), one mask per instance.
-        patch_size: ``p``, even.
+        patch_size: ``p``, even, at most ``2**30``.
         iou_threshold: patches of one instance suppress each other when ``IoU >``
             this (BPR: 0.55 on Cityscapes, 0.25 elsewhere, 0.15 for COCO training).
         max_out: capacity of the sync-free form (see Returns).
@@ -47,7 +47,9 @@ def boundary_patches(
     ties in raster order (BPR's unstable sort makes its set irreproducible), and the kept
     patches are shifted into the image keeping their size (BPR shifts right and bottom
     patches one pixel too far, never refining the last row and column; fixed here), or
-    span an axis shorter than ``p``. Work is bounded by each instance's bounding box.
+    span an axis shorter than ``p``. Work and memory are bounded by each instance's
+    bounding box (grown by one pixel), whatever ``patch_size`` (up to ``2**30``, so that
+    the IoU's integers ``2 p**2`` are exact in int64).
     """
     op = "boundary_patches"
     cap = _args.capacity(op, "max_out", max_out)
@@ -86,6 +88,9 @@ def crop_patches(
 
     An index out of range raises a ValueError on the CPU and trips a device-side assertion
     on CUDA (PyTorch's convention: nothing is read back to check it).
+
+    Any int64 box is accepted: extents up to ``2**64 - 1`` are exact. Cost is bounded by
+    the output (one sample per output element), whatever the box's size.
     """
     op = "crop_patches"
     s_h, s_w = _args.size_pair(op, "output_size", output_size)
@@ -120,6 +125,17 @@ def reassemble_patches(
         float32 (float64 for float64 probabilities) in patch index order, so the result is
         bit-identical across runs and between CPU and CUDA (``0.4 + 0.6`` is exactly 1 in
         float32: a mean of exactly 0.5 is background, as in BPR).
+
+    Exactness: patches of the box size (BPR's case) equal the composition (accumulate,
+    count, divide) bit for bit. Resampled patches use the fixed bilinear arithmetic shared
+    by the CPU and CUDA kernels (``F.interpolate``'s taps, the separable blend, no FMA),
+    which equals ``F.interpolate``'s values within a few units in the last place (torch's
+    CPU kernel uses FMA and shape-dependent paths): a pixel can then differ from the
+    composition only where its mean lies within that rounding of the threshold (a band of
+    1e-5 for float32 and the half types, 1e-12 for float64, which the tests bound).
+
+    Cost is bounded by the part of each box inside the image (a box 2**63 pixels wide costs
+    what its visible part costs), plus one pass over the masks for the copy.
     """
     op = "reassemble_patches"
     return torch.ops.segops.reassemble_patches(

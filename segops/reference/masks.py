@@ -212,10 +212,12 @@ def _paste_detectron2(masks: Tensor, boxes: Tensor, H: int, W: int,
     return out
 
 
-def torchvision_boxes(boxes: Tensor, mask_width: int) -> Tensor:
-    """torchvision's ``expand_boxes`` by ``(Mw + 2) / Mw`` then ``.to(int64)`` (truncation),
-    in the boxes' dtype. Returns int64 ``[N, 4]`` (bx0, by0, bx1, by1); the rows of boxes with
-    a non-finite coordinate are meaningless (the caller masks them out)."""
+def torchvision_boxes(boxes: Tensor, mask_width: int) -> Tuple[Tensor, Tensor]:
+    """torchvision's ``expand_boxes`` by ``(Mw + 2) / Mw`` then ``.to(int64)`` (truncation,
+    clamped to +-2^40, far outside any image), in the boxes' dtype. Returns int64 ``[N, 4]``
+    (bx0, by0, bx1, by1) and bool ``[N]``, False where an expanded corner is NaN (inf - inf
+    from finite corners near the dtype's range end): such a box pastes nothing. The rows of
+    boxes with a non-finite coordinate are meaningless (the caller masks them out)."""
     scale = float(mask_width + 2) / mask_width  # rounded to the boxes' dtype by the product
     b = torch.where(torch.isfinite(boxes), boxes, torch.zeros_like(boxes))
     w_half = (b[:, 2] - b[:, 0]) * 0.5
@@ -225,7 +227,9 @@ def torchvision_boxes(boxes: Tensor, mask_width: int) -> Tensor:
     w_half = w_half * scale
     h_half = h_half * scale
     exp = torch.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], 1)
-    return exp.to(torch.int64)
+    valid = ~torch.isnan(exp).any(1)
+    limit = float(2**40)
+    return torch.nan_to_num(exp, nan=0.0).clamp(-limit, limit).to(torch.int64), valid
 
 
 def _paste_torchvision(masks: Tensor, boxes: Tensor, H: int, W: int) -> Tensor:
@@ -233,8 +237,9 @@ def _paste_torchvision(masks: Tensor, boxes: Tensor, H: int, W: int) -> Tensor:
     N, Mh, Mw = masks.shape
     out = masks.new_zeros(N, H, W)
     padded = F.pad(masks, (1, 1, 1, 1))  # [N, Mh + 2, Mw + 2]
-    ib = torchvision_boxes(boxes, Mw).tolist()
-    finite = torch.isfinite(boxes).all(1).tolist()
+    expanded, valid = torchvision_boxes(boxes, Mw)
+    ib = expanded.tolist()
+    finite = (torch.isfinite(boxes).all(1) & valid).tolist()
     for i in range(N):
         if not finite[i]:
             continue

@@ -18,8 +18,8 @@ import segops
 
 from helpers.cluster import (
     ALL_DTYPES, HALF_DTYPES, acc_dtype, assert_bits_equal, assert_cluster_equal,
-    assert_map_equal, case_many, cluster_problems, hand_cases, knife_edge_problems, make_scene,
-    ref,
+    assert_map_equal, case_many, cluster_problems, hand_cases, knife_edge_problems,
+    make_prediction, make_scene, ref, sigma_for_radius,
 )
 
 FULL = (torch.float32, torch.float64)
@@ -166,6 +166,27 @@ def test_cluster_more_than_255_instances(device, dtype):
         assert_map_equal(m, np.where(case.expected <= k, case.expected, 0))
         assert_bits_equal(s[:k], case.expected_scores(dtype)[:k])
         assert (s[k:] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", FULL)
+def test_cluster_large_seed_region(device, dtype):
+    """A 3008-pixel region (a road) whose pixels all join its first seed's proposal, ahead
+    of a 200-pixel instance in the seed order: the next seed lies past 3008 clustered
+    positions (several rounds of the CUDA kernel's 1024-position search)."""
+    H, W = 80, 64
+    road = np.zeros((H, W), bool)
+    road[:47] = True
+    car = np.zeros((H, W), bool)
+    car[60:70, 10:30] = True
+    ty = np.where(road, 20.0, np.where(car, 65.0, np.nan))
+    tx = np.where(road | car, 30.0, np.nan)
+    logits = np.where(road, 3.5, np.where(car, 3.0, -6.0))
+    logits[30, 40] = 3.75
+    pred = make_prediction(logits, sigma_for_radius(9.0), targets=(ty, tx)).to(dtype)
+    out = segops.cluster_seeds(pred.to(device), min_pixels=16)
+    assert_cluster_equal(out, ref.cluster_seeds(pred, min_pixels=16))
+    m = out[0].cpu().numpy()
+    assert (m[road] == 1).all() and (m[car] == 2).all() and (m[~(road | car)] == 0).all()
 
 
 def test_cluster_padded_zero_capacity(device):

@@ -26,8 +26,8 @@ def _tv_rect(p: PasteProblem) -> torch.Tensor:
     H, W = p.image_size
     b = p.boxes_t()
     geo = torch.float64 if torch.float64 in (p.dtype, p.box_dtype) else torch.float32
-    ib = ref.torchvision_boxes(b.to(geo), p.Mw)
-    finite = torch.isfinite(b).all(1)
+    ib, valid = ref.torchvision_boxes(b.to(geo), p.Mw)
+    finite = torch.isfinite(b).all(1) & valid
     ys, xs = torch.arange(H)[:, None], torch.arange(W)[None, :]
     x0, y0, x1, y1 = (ib[:, i, None, None] for i in range(4))
     return finite[:, None, None] & (ys >= y0) & (ys <= y1) & (xs >= x0) & (xs <= x1)

@@ -341,7 +341,7 @@ def test_torchvision_per_pixel_rule_hand_worked():
     box = torch.tensor([[-2.0, -1.0, 3.0, 2.0]])
     out = ref.paste_masks(m[:1], box, (6, 8), None, "torchvision")
     # x: centre 0.5, half 2.5 * 2 = 5 -> (-4.5, 5.5) -> (-4, 5); y: 0.5 +- 3 -> (-2, 3)
-    assert ref.torchvision_boxes(box, 2)[0].tolist() == [-4, -2, 5, 3]
+    assert ref.torchvision_boxes(box, 2)[0][0].tolist() == [-4, -2, 5, 3]
     resized = F.interpolate(F.pad(m[:1, None], (1, 1, 1, 1)), (6, 10), mode="bilinear",
                             align_corners=False)[0, 0]
     expected = torch.zeros(6, 8)
