@@ -12,9 +12,6 @@ inline void check_bool_masks(const at::Tensor& masks, const char* op) {
   check_dim(masks, 3, op, "masks", "[N, H, W]");
 }
 
-// The largest patch: its corners (a pixel +- patch_size / 2) and areas then fit in int64.
-constexpr int64_t kMaxPatchSize = int64_t{1} << 30;
-
 inline void check_boundary_patches(const at::Tensor& masks, int64_t patch_size,
                                    double iou_threshold, int64_t max_out) {
   const char* op = "boundary_patches";
