@@ -63,10 +63,13 @@ EXACT_BY_DEFAULT = {"nms", "batched_nms", "fast_nms", "cluster_seeds", "boundary
 
 
 @pytest.fixture(scope="module")
-def emu(_cuda_emu_module):
-    cost_table.gpu_settings(_cuda_emu_module)
-    yield _cuda_emu_module
-    cost_table.emulator_settings(_cuda_emu_module)
+def emu():
+    from helpers.cuda_emu_shadow import load
+
+    module = load(seed=int(os.environ.get("SEGOPS_CUDA_EMU_SEED", "0")))
+    cost_table.gpu_settings(module)
+    yield module
+    cost_table.emulator_settings(module)
 
 
 @pytest.fixture(scope="module")

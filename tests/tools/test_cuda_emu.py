@@ -69,7 +69,7 @@ def test_the_real_kernels_that_synchronise_are_found():
     # the kernels written with block barriers or warp votes (see csrc/<family>/*.cu)
     assert {"loop_kernel", "greedy_mask_kernel", "greedy_scan_kernel", "gather_backward_kernel",
             "multilevel_gather_kernel", "compact_rois"} <= sync
-    assert "roi_align_forward_kernel" not in sync and "paste_kernel" not in sync
+    assert "roi_align_forward_kernel" not in sync and "crop_geometry_kernel" not in sync
 
 
 def test_glue_registers_for_cpu_tensors():
