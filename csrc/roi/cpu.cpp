@@ -236,6 +236,24 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
   return acc.to(grad.scalar_type());
 }
 
+// The slots grouped by (level, image), stable within a group: a level's maps then stay in
+// cache across its RoIs (torchvision pools level by level); each slot keeps its output rows.
+template <typename G>
+std::vector<int64_t> slots_by_level(const MultiLevelRoIAlign& p, const G* boxes) {
+  const int64_t S = p.slots();
+  std::vector<int64_t> key(S), start(p.levels * p.batch + 1, 0), order(S);
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t k = p.all_levels ? s % p.rois : s;
+    const int64_t level =
+        p.all_levels ? s / p.rois : roi_level<G>(boxes + k * 5, p.area, p.levels);
+    key[s] = level * p.batch + static_cast<int64_t>(boxes[k * 5]);  // batch checked in range
+    ++start[key[s] + 1];
+  }
+  for (size_t g = 1; g < start.size(); ++g) start[g] += start[g - 1];
+  for (int64_t s = 0; s < S; ++s) order[start[key[s]]++] = s;
+  return order;
+}
+
 at::Tensor multilevel_roi_align_forward_cpu(at::TensorList features, const at::Tensor& rois,
                                             at::ArrayRef<double> spatial_scales,
                                             int64_t pooled_h, int64_t pooled_w,
@@ -248,7 +266,7 @@ at::Tensor multilevel_roi_align_forward_cpu(at::TensorList features, const at::T
   check_batch_indices(rois, p.batch, op);
   std::vector<int64_t> shape = {p.rois, p.channels, pooled_h, pooled_w};
   if (all_levels) shape.insert(shape.begin(), p.levels);
-  at::Tensor out = at::zeros(shape, features[0].options());
+  at::Tensor out = empty_output(shape, features[0].options());  // all written
   if (out.numel() == 0) return out;
   std::vector<at::Tensor> xs;
   for (const at::Tensor& f : features) xs.push_back(f.contiguous());
@@ -262,19 +280,23 @@ at::Tensor multilevel_roi_align_forward_cpu(at::TensorList features, const at::T
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     const int64_t C = p.channels, bins = pooled_h * pooled_w;
     const int64_t grain = std::max<int64_t>(1, 4096 / bins);
+    const std::vector<int64_t> order = slots_by_level(p, boxes);
     at::parallel_for(0, p.slots() * C, grain, [&](int64_t b, int64_t e) {
       int64_t s_geom = -1, level = 0;
       bool tabled = false;
       RoIAlignSamples<G> rs;
       RoIAlignTable<G> table;
-      for (int64_t i = b; i < e; ++i) {
-        const int64_t s = i / C, c = i % C;
+      for (int64_t j = b; j < e; ++j) {
+        const int64_t s = order[j / C], c = j % C, i = s * C + c;
         if (s != s_geom) {
           rs.reset(p.geometry<G>(boxes, s, level));
           s_geom = s;
           tabled = !rs.g.empty && table.build(rs, pooled_h, pooled_w);
         }
-        if (rs.g.empty) continue;
+        if (rs.g.empty) {
+          std::fill(o + i * bins, o + (i + 1) * bins, scalar_t(0));
+          continue;
+        }
         const scalar_t* plane =
             in[level] + (rs.g.batch * C + c) * p.height[level] * p.width[level];
         if (tabled) {
