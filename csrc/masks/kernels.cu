@@ -189,7 +189,8 @@ __device__ __forceinline__ bool binary_of(A v, A thr, bool strict) {
 }
 
 template <typename T, typename B>
-__global__ void __launch_bounds__(kRowThreads)
+// No __launch_bounds__: under it ptxas spilled registers; launched with kRowThreads.
+__global__ void
     upsample_kernel(const T* cropped, const B* boxes, AssembleArgs a, int64_t oh, int64_t ow,
                     acc_t<T> thr, bool vec, bool* out) {
   using A = acc_t<T>;

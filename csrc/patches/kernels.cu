@@ -377,7 +377,8 @@ struct RowPatch {
 // cross the row within the pass, in index order, batch by batch in shared memory; each
 // thread's 4 columns sum only those. Pixels no patch covers keep the coarse mask.
 template <typename T>
-__global__ void __launch_bounds__(kRowThreads)
+// No __launch_bounds__: under it ptxas spilled registers; launched with kRowThreads.
+__global__ void
     reassemble_kernel(ReassembleArgs a, const bool* masks, const T* probs, const int64_t* boxes,
                       const int64_t* order, const int64_t* start, bool vec, bool* out) {
   using A = acc_t<T>;
