@@ -42,7 +42,7 @@ smoke() {  # $1: venv; runs outside the source tree against the installed segops
   local venv=$1 dir
   dir=$(mktemp -d)
   tar xzf "$sdist" -C "$dir" --strip-components=1 "$(basename "$sdist" .tar.gz)/tests"
-  (cd "$dir" && "$venv/bin/python" -m segops &&
+  (cd "$dir/tests" && "$venv/bin/python" -m segops &&
      SEGOPS_EXPECT_INSTALLED=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
        -W "ignore::segops.TorchVersionWarning" $SMOKE)
   rm -rf "$dir"
