@@ -253,9 +253,11 @@ struct OnTheFly {
 
 // A sample's four neighbours (offsets into a plane of width W) and their weights w_y * w_x,
 // which depend on the RoI only: a caller may compute them once and reuse them per channel.
-template <typename G>
+// I: the offsets' type (int32 where a plane has fewer than 2^31 elements: the CPU's table of
+// a RoI's samples then fits L1, as torchvision's does).
+template <typename G, typename I = int64_t>
 struct BilinearSample {
-  int64_t offset[4];
+  I offset[4];
   G weight[4];
 };
 
@@ -267,8 +269,8 @@ SEGOPS_HOST_DEVICE BilinearSample<G> bilinear_sample(const Interp1D<G>& a, const
 }
 
 // A sample's value: its neighbours weighted and summed in torchvision's order.
-template <typename A, typename T, typename G>
-SEGOPS_HOST_DEVICE A bilinear_value(const T* plane, const BilinearSample<G>& s) {
+template <typename A, typename T, typename G, typename I>
+SEGOPS_HOST_DEVICE A bilinear_value(const T* plane, const BilinearSample<G, I>& s) {
   return s.weight[0] * static_cast<A>(plane[s.offset[0]]) +
          s.weight[1] * static_cast<A>(plane[s.offset[1]]) +
          s.weight[2] * static_cast<A>(plane[s.offset[2]]) +
