@@ -7,6 +7,7 @@
 // (docs/cost_model/cluster.md).
 #include "common/cluster.h"
 #include "cluster/launch.h"
+#include "core/block_bits.cuh"
 #include "core/half.cuh"
 
 namespace segops {
@@ -70,22 +71,6 @@ __global__ void bucket_kernel(const A* px, const bool* valid, ClusterArgs a, con
 
 constexpr int kLoopWarps = kLoopThreads / 32;
 
-// Index of the lowest set bit of v != 0 (__ffs(v) - 1, from __popc only).
-__device__ __forceinline__ int lowest_bit(unsigned v) { return __popc((v & (0u - v)) - 1u); }
-
-// Block-wide, called by every thread: the lowest thread index with `pred`, or -1.
-__device__ int block_first(bool pred, int* warp_first) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const unsigned b = __ballot_sync(0xffffffffu, pred);
-  if (lane == 0) warp_first[warp] = b ? warp * 32 + lowest_bit(b) : -1;
-  __syncthreads();
-  int first = -1;
-  for (int w = kLoopWarps - 1; w >= 0; --w)
-    if (warp_first[w] >= 0) first = warp_first[w];
-  __syncthreads();
-  return first;
-}
-
 // Calls fn(k) for every position k of the bucket runs of rows by0..by1, columns bx0..bx1,
 // kLoopThreads positions at a time, with k = -1 for the threads past a run's end: every
 // lane of a warp makes the same calls, so fn can vote.
@@ -133,7 +118,7 @@ __global__ void __launch_bounds__(kLoopThreads)
     int64_t found = -1;
     for (int64_t s0 = next; found < 0 && s0 < plane; s0 += kLoopThreads) {
       const int64_t k = s0 + threadIdx.x;
-      const int f = block_first(k < plane && !clustered[order[k]], warp_first);
+      const int f = block_first<kLoopWarps>(k < plane && !clustered[order[k]], warp_first);
       if (f >= 0) found = s0 + f;
     }
     if (threadIdx.x == 0) {

@@ -21,6 +21,7 @@
 #include "common/masks.h"
 #include "common/patches.h"
 #include "common/roi_align.h"
+#include "core/block_bits.cuh"
 #include "core/half.cuh"
 #include "patches/launch.h"
 
@@ -32,11 +33,6 @@ constexpr int kNmsThreads = 1024;
 constexpr int kNmsWarps = kNmsThreads / 32;
 constexpr int kChunkRounds = 4;  // a chunk: kChunkRounds * kNmsThreads region pixels
 constexpr int kWriteThreads = 256;
-
-// Index of the lowest set bit of v != 0 (__ffs(v) - 1, from __popc only).
-__device__ __forceinline__ int lowest_bit(unsigned v) { return __popc((v & (0u - v)) - 1u); }
-
-__device__ __forceinline__ unsigned lanes_below(int lane) { return (1u << lane) - 1u; }
 
 // Boundary level of pixel (y, x) of a mask: min(S, 9 - S) of its 3x3 sum, zero padding.
 __device__ int pixel_level(const bool* m, int64_t h, int64_t w, int64_t y, int64_t x) {
@@ -62,19 +58,6 @@ __device__ int block_rank(bool pred, int* warp_count, int& total) {
   __syncthreads();  // warp_count is reused by the next call
   total = all;
   return before + __popc(b & lanes_below(lane));
-}
-
-// Block-wide, called by every thread: the lowest thread index with `pred`, or -1.
-__device__ int block_first(bool pred, int* warp_first) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const unsigned b = __ballot_sync(0xffffffffu, pred);
-  if (lane == 0) warp_first[warp] = b ? warp * 32 + lowest_bit(b) : -1;
-  __syncthreads();
-  int first = -1;
-  for (int w = kNmsWarps - 1; w >= 0; --w)
-    if (warp_first[w] >= 0) first = warp_first[w];
-  __syncthreads();
-  return first;
 }
 
 // Block-wide min (max: pass -v) of one int64 per thread, by a tree in shared memory.
@@ -178,7 +161,7 @@ __global__ void __launch_bounds__(kNmsThreads)
             const int64_t r = base + list[s0 + t];
             pred = !bit_at(sup + (ry0 + r / rw) * words, rx0 + r % rw);
           }
-          const int f = block_first(pred, warp_tmp);
+          const int f = block_first<kNmsWarps>(pred, warp_tmp);
           if (f >= 0) found = s0 + f;
         }
         if (found < 0) break;
