@@ -7,7 +7,9 @@
 #      contract suite) against the installed package;
 #   4. the same wheel under a second torch: the newest release the package index offers
 #      (TORCH_NEWEST, default: whatever pip resolves `torch` to with the local cap lifted).
-# Work happens in $PKG_WORK (default: build/package); each stage prints its time.
+# Work happens in $PKG_WORK (default: build/package); each stage prints its time. Each venv is
+# removed once its stage is done (the newest torch is a CUDA build of about 5 GB), so only the
+# sdist and the wheel are left in $PKG_WORK/dist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -37,6 +39,7 @@ quiet_pip "$WORK/build-env/bin/pip" wheel -q --no-build-isolation --no-deps -w "
   "$sdist"
 wheel=$(ls "$WORK"/dist/segops-*.whl)
 echo "wheel: $(basename "$wheel"), $(du -k "$wheel" | cut -f1) KiB"
+rm -rf "$WORK/build-env" "$WORK/front"  # each venv goes once used: the next ones are GBs
 
 smoke() {  # $1: venv; runs outside the source tree against the installed segops
   local venv=$1 dir
@@ -53,6 +56,7 @@ stage "install the wheel (fresh venv, torch 2.13.0) and smoke-test it"
 quiet_pip "$WORK/user/bin/pip" install -q torch==2.13.0 pytest hypothesis numpy
 quiet_pip "$WORK/user/bin/pip" install -q --no-deps "$wheel"
 smoke "$WORK/user"
+rm -rf "$WORK/user"
 
 stage "the same wheel under the newest torch on the index"
 empty=$(mktemp -d)
@@ -64,4 +68,5 @@ PIP_FIND_LINKS=$empty PIP_CONSTRAINT=$empty/constraints.txt \
   pytest hypothesis numpy
 quiet_pip "$WORK/newest/bin/pip" install -q --no-deps "$wheel"
 smoke "$WORK/newest"
+rm -rf "$WORK/newest"
 stage "done"
