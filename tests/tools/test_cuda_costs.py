@@ -54,7 +54,7 @@ BUDGETS = {
     "reassemble_patches": (2, 3, 1),  # index check, reassembly; the patch lists' sort
 }
 # Peak bytes live during a call <= RATIO x (its inputs + outputs) + 1 MiB.
-SCRATCH_RATIO = {"cluster_seeds": 8, "boundary_patches": 16}
+SCRATCH_RATIO = {"cluster_seeds": 8}  # its grid and seed buffers: 4.4x at most in --quick
 DEFAULT_RATIO = 4
 SLACK = 1 << 20
 # Ops whose default form returns an exact-size result (one count read back); their
