@@ -66,4 +66,5 @@ def make_header(args, device: torch.device, tv, argv: List[str]) -> Dict[str, An
         "min_run_time_s": args.min_run_time,
         "min_samples": args.min_samples,
         "single_call_s": args.single_call_s,
+        "repeat_cap_s": args.repeat_cap_s,
     }

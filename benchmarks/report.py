@@ -156,7 +156,8 @@ def format_markdown(rows: List[Dict[str, Any]], header: Dict[str, Any], notes: L
            "none": "; references not timed"}[header["reference"]],
         f"- timing: warm-up calls first (not counted), then the median of the samples "
         f"(blocks of calls for fast ops, one call each for slow ones; at least "
-        f"{header['min_samples']} unless one call takes over {header['single_call_s']:g} s) "
+        f"{header['min_samples']}; a call over {header['single_call_s']:g} s is timed once, "
+        f"after one warm-up call unless the first took over {header['repeat_cap_s']:g} s) "
         "with their interquartile range; `ratio` = impl time / segops time (above 1: segops "
         "is faster); `bwd-only` times `autograd.grad` on a precomputed forward",
         f"- memory floor: the bytes an op must move (inputs read once, outputs written once; "

@@ -16,8 +16,9 @@ Timing (``timing.py``): warm-up calls first, never counted; then samples (blocks
 fast ops, one call each for slow ones), reported as their median and interquartile range
 (``IQR``), with the number of samples; ``torch.set_num_threads`` is pinned for each
 measurement, and ``--threads 1,2`` times every case at each count side by side. A call over
-2 s is timed once (no spread). ``ratio`` is ``impl time / segops time`` for the same case
-and thread count: above 1 means segops is faster. Case names say what is timed: ``fwd`` is
+2 s is timed once (no spread), after one untimed call unless that took over 10 s. ``ratio``
+is ``impl time / segops time`` for the same case and thread count: above 1 means segops is
+faster. Case names say what is timed: ``fwd`` is
 the forward call; ``bwd-only`` is ``torch.autograd.grad(out, input, grad,
 retain_graph=True)`` on a forward computed once beforehand. Outputs (or gradients) of every
 implementation are compared with segops' (integer outputs, and every output of an ``exact``
@@ -76,7 +77,7 @@ from cases.registry import compare, count_differences, shapes, tolerance  # noqa
 from report import (fmt_ms, format_markdown, format_text_table, kept_notes_of,  # noqa: E402
                     plot_speedups)
 from machine import make_header  # noqa: E402
-from timing import SINGLE_CALL_S, Timing, copy_bandwidth, measure, num_threads  # noqa: E402
+from timing import REPEAT_CAP_S, SINGLE_CALL_S, Timing, copy_bandwidth, measure, num_threads  # noqa: E402
 
 # Fixed order of implementations within a case; unknown names sort after these.
 IMPL_ORDER = ("segops", "segops-padded", "segops-deterministic", "torchvision", "yolact",
@@ -237,6 +238,7 @@ def parse_args(argv=None):
     if args.min_samples is None:
         args.min_samples = 5 if args.all else 3
     args.single_call_s = 0.1 if args.quick else SINGLE_CALL_S
+    args.repeat_cap_s = REPEAT_CAP_S
     return args
 
 
@@ -333,6 +335,7 @@ def run_case(case: Case, ctx: Ctx, args, bandwidth: Dict[int, Dict[str, float]],
                         t = measure(call, ctx.device,
                                     args.ref_min_run_time if ref else args.min_run_time,
                                     single_call_s=args.single_call_s,
+                                    repeat_cap_s=args.repeat_cap_s,
                                     min_samples=3 if ref else args.min_samples)
                     del call
                     if name == "segops" and case.floor is not None and floor_bytes is None:

@@ -14,8 +14,11 @@ A measurement (:func:`measure`) has three phases:
 3. **Summary**: the median of the samples, their interquartile range (``q3 - q1``; 0 for a
    single sample), the number of samples and of calls.
 
-A call slower than ``single_call_s`` (and ``min_run_time``) is not repeated: its first call
-is its one sample, marked by ``samples == 1`` (no spread).
+A call slower than ``single_call_s`` (and ``min_run_time``) is called once more, and that
+second call is its one sample, marked by ``samples == 1`` (no spread): the first call pays
+one-time costs (a 3.2 GB output's first huge-page faults compact memory, several seconds
+that later calls do not pay). A first call slower than ``repeat_cap_s`` is not repeated: it is
+the sample.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
-SINGLE_CALL_S = 2.0  # a first call this slow is not repeated (0.1 s with --quick)
+SINGLE_CALL_S = 2.0  # a first call this slow is timed once more, not in blocks (0.1 s: --quick)
+REPEAT_CAP_S = 10.0  # a first call this slow is not repeated at all
 
 
 @dataclasses.dataclass
@@ -36,7 +40,7 @@ class Timing:
     median_s: float
     iqr_s: float  # interquartile range of the samples (0 for one sample)
     samples: int  # samples the median is over
-    calls: int  # calls timed in those samples (warm-up excluded unless it is the only one)
+    calls: int  # calls timed in those samples (warm-up excluded unless it is the only call)
     output: Any = None
 
 
@@ -58,7 +62,8 @@ def summarise(samples: List[float], calls: int, output: Any = None) -> Timing:
 
 
 def measure(fn: Callable[[], Any], device: torch.device, min_run_time: float,
-            single_call_s: float = SINGLE_CALL_S, warmup_s: Optional[float] = None,
+            single_call_s: float = SINGLE_CALL_S, repeat_cap_s: float = REPEAT_CAP_S,
+            warmup_s: Optional[float] = None,
             min_samples: int = 5, max_samples: int = 200, target_samples: int = 30,
             min_block_s: float = 1e-3) -> Timing:
     """Time ``fn()`` on ``device`` (see the module docstring)."""
@@ -74,8 +79,10 @@ def measure(fn: Callable[[], Any], device: torch.device, min_run_time: float,
 
     warmup_s = min_run_time / 4 if warmup_s is None else warmup_s
     first, output = timed_block(1)
-    if first >= max(min_run_time, single_call_s):
-        return summarise([first], 1, output)  # too slow to repeat: the warm-up is the sample
+    if first >= max(min_run_time, single_call_s):  # slow: one more call is the sample
+        if first >= repeat_cap_s:
+            return summarise([first], 1, output)  # too slow to repeat: the warm-up is it
+        return summarise([timed_block(1)[0]], 1, output)
     estimate, spent = first, first
     while spent < warmup_s:  # more warm-up while it is short: the first call pays one-time costs
         t = timed_block(1)[0]

@@ -5,8 +5,8 @@ Sizes (``--quick`` in brackets):
 - ``nms``: 1k / 10k / 100k [100 / 200 / 400] detector boxes in an 800x1216 image, clustered
   around up to 50 objects (see ``inputs.detector_boxes``), IoU threshold 0.5; 364 / 1469 /
   6158 boxes are kept. At 100k the pure-PyTorch reference takes several seconds a call on
-  CPU: like every call over 2 s (``run.SINGLE_CALL_S``) it is timed once, its only call
-  being the sample (``calls`` 1).
+  CPU: like every call over 2 s (``timing.SINGLE_CALL_S``) it is timed once, after one
+  untimed call (``calls`` 1).
 - ``batched_nms``: 10k [200] such boxes in 80 [8] classes (a box's class is its object's
   with probability 0.7), IoU threshold 0.5; 3855 are kept. Also 200k [2000] boxes in 80
   [8] classes: the size at which the CUDA kernels' mask is chunked many times over

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import pytest
 import torch
@@ -37,16 +38,34 @@ def test_measure_counts_samples_apart_from_warm_up():
     assert t.median_s > 0 and t.iqr_s >= 0
 
 
-def test_measure_does_not_repeat_a_slow_call():
+def _first_call_slow(first_s: float, later_s: float):
+    """A call that sleeps ``first_s`` the first time, ``later_s`` after; counts its calls."""
     calls = []
 
-    def slow():
+    def fn():
         calls.append(1)
-        return torch.ones(1)
+        time.sleep(first_s if len(calls) == 1 else later_s)
+        return torch.full((1,), float(len(calls)))
 
-    t = timing.measure(slow, torch.device("cpu"), min_run_time=0.0, single_call_s=0.0)
-    assert (t.samples, len(calls)) == (1, 1)
-    assert torch.equal(t.output, torch.ones(1))
+    return fn, calls
+
+
+def test_measure_times_a_slow_call_once_after_its_first():
+    # one-time costs (the first call's page faults) stay out of the single sample
+    fn, calls = _first_call_slow(0.3, 0.0)
+    t = timing.measure(fn, torch.device("cpu"), min_run_time=0.0, single_call_s=0.1,
+                       repeat_cap_s=10.0)
+    assert (t.samples, t.calls, len(calls)) == (1, 1, 2)
+    assert t.median_s < 0.2  # the second call's time, not the first's
+    assert torch.equal(t.output, torch.ones(1))  # the first call's output is the one checked
+
+
+def test_measure_does_not_repeat_a_call_over_the_cap():
+    fn, calls = _first_call_slow(0.3, 0.0)
+    t = timing.measure(fn, torch.device("cpu"), min_run_time=0.0, single_call_s=0.1,
+                       repeat_cap_s=0.2)
+    assert (t.samples, t.calls, len(calls)) == (1, 1, 1)
+    assert t.median_s >= 0.3
 
 
 def test_nbytes_of_tensors_and_shapes():
