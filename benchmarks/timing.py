@@ -17,8 +17,9 @@ A measurement (:func:`measure`) has three phases:
 A call slower than ``single_call_s`` (and ``min_run_time``) is called once more, and that
 second call is its one sample, marked by ``samples == 1`` (no spread): the first call pays
 one-time costs (a 3.2 GB output's first huge-page faults compact memory, several seconds
-that later calls do not pay). A first call slower than ``repeat_cap_s`` is not repeated: it is
-the sample.
+that later calls do not pay); the first call's output is freed before the second, as a
+caller's loop frees its last result. A first call slower than ``repeat_cap_s`` is not
+repeated: it is the sample.
 """
 
 from __future__ import annotations
@@ -82,7 +83,9 @@ def measure(fn: Callable[[], Any], device: torch.device, min_run_time: float,
     if first >= max(min_run_time, single_call_s):  # slow: one more call is the sample
         if first >= repeat_cap_s:
             return summarise([first], 1, output)  # too slow to repeat: the warm-up is it
-        return summarise([timed_block(1)[0]], 1, output)
+        del output  # freed first, as a caller's loop frees its last result: the second call
+        t, output = timed_block(1)  # reuses that memory instead of faulting in more
+        return summarise([t], 1, output)
     estimate, spent = first, first
     while spent < warmup_s:  # more warm-up while it is short: the first call pays one-time costs
         t = timed_block(1)[0]

@@ -57,7 +57,7 @@ def test_measure_times_a_slow_call_once_after_its_first():
                        repeat_cap_s=10.0)
     assert (t.samples, t.calls, len(calls)) == (1, 1, 2)
     assert t.median_s < 0.2  # the second call's time, not the first's
-    assert torch.equal(t.output, torch.ones(1))  # the first call's output is the one checked
+    assert torch.equal(t.output, torch.full((1,), 2.0))  # the timed call's output is kept
 
 
 def test_measure_does_not_repeat_a_call_over_the_cap():
