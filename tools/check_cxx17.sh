@@ -14,7 +14,7 @@ py_include=$("$PYTHON" -c "import sysconfig; print(sysconfig.get_paths()['includ
 common=(-std=c++17 -fsyntax-only -Wall -Werror -isystem "$T" -isystem
         "$T/torch/csrc/api/include" -isystem "$py_include" -Icsrc)
 n=0
-for f in csrc/*.cpp csrc/*/checks.cpp csrc/*/cpu.cpp; do
+for f in csrc/*.cpp csrc/*/checks.cpp csrc/*/cpu*.cpp; do
   echo "$CXX -std=c++17 $f"
   "$CXX" "${common[@]}" -fopenmp "$f"
   n=$((n + 1))
