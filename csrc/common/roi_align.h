@@ -261,10 +261,12 @@ struct BilinearSample {
   G weight[4];
 };
 
-template <typename G>
-SEGOPS_HOST_DEVICE BilinearSample<G> bilinear_sample(const Interp1D<G>& a, const Interp1D<G>& c,
-                                                     int64_t W) {
-  return {{a.lo * W + c.lo, a.lo * W + c.hi, a.hi * W + c.lo, a.hi * W + c.hi},
+// The offsets are computed in int64 and stored as I (the caller ensures they fit).
+template <typename I = int64_t, typename G>
+SEGOPS_HOST_DEVICE BilinearSample<G, I> bilinear_sample(const Interp1D<G>& a,
+                                                        const Interp1D<G>& c, int64_t W) {
+  return {{static_cast<I>(a.lo * W + c.lo), static_cast<I>(a.lo * W + c.hi),
+           static_cast<I>(a.hi * W + c.lo), static_cast<I>(a.hi * W + c.hi)},
           {a.wlo * c.wlo, a.wlo * c.whi, a.whi * c.wlo, a.whi * c.whi}};
 }
 

@@ -79,13 +79,7 @@ struct RoIAlignTable {
       for (int64_t pw = 0; pw < pooled_w; ++pw) {
         roi_align_bin_samples(rs.g, ph, pw, rs.yi(), rs.xi(),
                               [&](const Interp1D<G>& a, const Interp1D<G>& c) {
-                                const BilinearSample<G> b = bilinear_sample(a, c, x.size);
-                                samples.push_back({{static_cast<int32_t>(b.offset[0]),
-                                                    static_cast<int32_t>(b.offset[1]),
-                                                    static_cast<int32_t>(b.offset[2]),
-                                                    static_cast<int32_t>(b.offset[3])},
-                                                   {b.weight[0], b.weight[1], b.weight[2],
-                                                    b.weight[3]}});
+                                samples.push_back(bilinear_sample<int32_t>(a, c, x.size));
                               });
         start.push_back(static_cast<int64_t>(samples.size()));
       }
